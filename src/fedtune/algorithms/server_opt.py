@@ -1,0 +1,88 @@
+"""Server optimizers: turn the aggregated update into the next global parameters.
+
+optax style: ``init(params) -> state`` and ``apply(params, delta, state) -> (params, state)``,
+pure functions of tensors. ``delta`` is the aggregated update direction (mean of
+local-minus-global), i.e. the negative pseudo-gradient, so plain FedAvg is ``sgd(lr=1)``.
+
+References:
+    McMahan et al. 2017 (FedAvg); Hsu et al. 2019, "Measuring the Effects of Non-Identical
+    Data Distribution for Federated Visual Classification" (FedAvgM);
+    Reddi et al. 2021, "Adaptive Federated Optimization" (FedAdam, FedYogi, FedAdagrad);
+    Douillard et al. 2023, "DiLoCo: Distributed Low-Communication Training of Language
+    Models" (outer SGD with Nesterov momentum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class OptState:
+    """Server optimizer state: first and second moments (unused ones stay ``None``)."""
+
+    step: int
+    m: torch.Tensor | None
+    v: torch.Tensor | None
+
+
+class ServerOptimizer(Protocol):
+    def init(self, params: torch.Tensor) -> OptState: ...
+
+    def apply(self, params: torch.Tensor, delta: torch.Tensor,
+              state: OptState) -> tuple[torch.Tensor, OptState]: ...
+
+
+@dataclass(frozen=True)
+class SGD:
+    """x <- x + lr * step, where step is delta, its momentum, or its Nesterov look-ahead."""
+
+    lr: float = 1.0
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def init(self, params: torch.Tensor) -> OptState:
+        m = torch.zeros_like(params) if self.momentum > 0 else None
+        return OptState(step=0, m=m, v=None)
+
+    def apply(self, params: torch.Tensor, delta: torch.Tensor,
+              state: OptState) -> tuple[torch.Tensor, OptState]:
+        if state.m is None:
+            return params + self.lr * delta, OptState(state.step + 1, None, None)
+        m = self.momentum * state.m + delta
+        step = delta + self.momentum * m if self.nesterov else m
+        return params + self.lr * step, OptState(state.step + 1, m, None)
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """FedAdam / FedYogi / FedAdagrad of Reddi et al. 2021 (Algorithm 2, no bias correction)."""
+
+    kind: str = "adam"
+    lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+    def init(self, params: torch.Tensor) -> OptState:
+        if self.kind not in ("adam", "yogi", "adagrad"):
+            raise ValueError(f"unknown adaptive optimizer {self.kind!r}")
+        return OptState(step=0, m=torch.zeros_like(params),
+                        v=torch.full_like(params, self.tau ** 2))
+
+    def apply(self, params: torch.Tensor, delta: torch.Tensor,
+              state: OptState) -> tuple[torch.Tensor, OptState]:
+        assert state.m is not None and state.v is not None
+        m = self.beta1 * state.m + (1 - self.beta1) * delta
+        d2 = delta * delta
+        if self.kind == "adam":
+            v = self.beta2 * state.v + (1 - self.beta2) * d2
+        elif self.kind == "yogi":
+            v = state.v - (1 - self.beta2) * d2 * torch.sign(state.v - d2)
+        else:
+            v = state.v + d2
+        new = params + self.lr * m / (v.sqrt() + self.tau)
+        return new, OptState(state.step + 1, m, v)

@@ -1,0 +1,274 @@
+"""The round loop: select, dispatch, collect, aggregate, (train centrally), evaluate, record.
+
+The coordinator holds the global parameter vector, the server optimizer state and, for
+SCAFFOLD, the server control variate. It talks to nodes only through a runtime, so the same
+loop drives a simulation, a Ray cluster or real sites. Invalid updates (wrong size, NaN or
+infinite values) are dropped with a logged reason and never reach the aggregate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .algorithms.fairness import fairness_summary
+from .algorithms.strategy import Strategy, scaffold_control_step, server_step
+from .config import RunConfig
+from .energy import EnergyMeter
+from .node.node import Workbench, derived_seed
+from .node.trainer import LocalPlan, evaluate_model, train_locally
+from .runtime.base import Runtime
+from .store import RunStore
+from .types import (
+    EvalIns,
+    EvalRes,
+    FitIns,
+    FitRes,
+    NodeFailure,
+    NodeRoundRecord,
+    RoundRecord,
+    RunResult,
+)
+
+log = logging.getLogger("fedtune")
+SERVER = "coordinator"
+
+
+@dataclass
+class CoordinatorState:
+    """Everything that changes from round to round on the coordinator."""
+
+    params: torch.Tensor
+    opt_state: object
+    control: torch.Tensor | None = None
+    round: int = 0
+    history: list[RoundRecord] = field(default_factory=list)
+
+
+def select_nodes(node_ids: list[str], round_: int, *, seed: int, fraction: float, count: int,
+                 min_nodes: int) -> list[str]:
+    """The nodes of one round: a seeded sample by count or fraction (all when fraction=1)."""
+    n = len(node_ids)
+    k = count if count else max(min_nodes, int(round(fraction * n)))
+    k = min(k, n)
+    if k == n:
+        return list(node_ids)
+    rng = np.random.default_rng(derived_seed(seed, "select", round_))
+    return [node_ids[i] for i in sorted(rng.choice(n, size=k, replace=False))]
+
+
+class Coordinator:
+    """Runs a federation to the end and returns its :class:`RunResult`."""
+
+    def __init__(self, cfg: RunConfig, strategy: Strategy, runtime: Runtime, bench: Workbench,
+                 *, meter: EnergyMeter, co2_per_joule: float, store: RunStore | None = None,
+                 run_id: str = "unsaved",
+                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+        self.cfg, self.strategy, self.runtime, self.bench = cfg, strategy, runtime, bench
+        self.meter, self.co2_per_joule = meter, co2_per_joule
+        self.store, self.run_id, self.on_round = store, run_id, on_round
+        params = bench.flat.vector.detach().clone()
+        self.state = CoordinatorState(
+            params=params, opt_state=strategy.server_opt.init(params),
+            control=torch.zeros_like(params) if strategy.scaffold else None)
+        local = cfg.local.model_dump()
+        self.node_config = {**local, **strategy.node_plan}
+        data = bench.task.data
+        self.x_central, self.y_central = (data.x_central.to(bench.flat.device),
+                                          data.y_central.to(bench.flat.device))
+        self.x_test, self.y_test = data.x_test.to(bench.flat.device), data.y_test.to(
+            bench.flat.device)
+
+    # -- server-side work ----------------------------------------------------------------
+    def _server_meter(self, round_: int, phase: str, work: Callable[[], int]) -> NodeRoundRecord:
+        wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
+        examples = work()
+        cpu = time.process_time() - cpu0
+        joules = self.meter.stop(token, cpu)
+        return NodeRoundRecord(round_, SERVER, phase, examples, 0, float("nan"),
+                               time.perf_counter() - wall0, cpu, 0, 0, joules,
+                               joules * self.co2_per_joule, self.meter.method)
+
+    def _central_train(self, round_: int, steps: int) -> int:
+        c = self.cfg.central
+        plan = LocalPlan(steps=steps, batch_size=c.batch_size, lr=c.lr)
+        flat = self.bench.flat
+        flat.load_(self.state.params)
+        gen = torch.Generator().manual_seed(derived_seed(self.cfg.run.seed, "central", round_))
+        stats, _ = train_locally(flat, self.x_central, self.y_central, self.bench.task.loss_fn,
+                                 plan, gen)
+        self.state.params = flat.vector.detach().clone()
+        return stats.examples
+
+    def _evaluate_central(self) -> dict[str, float]:
+        self.bench.flat.load_(self.state.params)
+        task = self.bench.task
+        return evaluate_model(self.bench.flat.module, self.x_test, self.y_test, task.loss_fn,
+                              task.metrics_fn)
+
+    # -- one round -----------------------------------------------------------------------
+    def _valid(self, res: FitRes) -> str | None:
+        if res.update.shape != self.state.params.shape:
+            return f"update has shape {tuple(res.update.shape)}, expected " \
+                   f"{tuple(self.state.params.shape)}"
+        if not bool(torch.isfinite(res.update).all()):
+            return "update holds NaN or infinite values"
+        if res.num_examples <= 0:
+            return f"update claims {res.num_examples} examples"
+        return None
+
+    def run_round(self, round_: int) -> RoundRecord:
+        wall0 = time.perf_counter()
+        st, cfg = self.state, self.cfg
+        selected = select_nodes(self.runtime.node_ids, round_, seed=cfg.run.seed,
+                                fraction=cfg.strategy.fraction, count=cfg.strategy.count,
+                                min_nodes=cfg.strategy.min_nodes)
+        aux = {"scaffold_c": st.control} if st.control is not None else {}
+        ins = FitIns(round_, st.params, dict(self.node_config), aux)
+        ok: list[FitRes] = []
+        failed: list[str] = []
+        ledger: list[NodeRoundRecord] = []
+        for reply in self.runtime.fit(selected, ins):
+            res = reply.result
+            problem = res.reason if isinstance(res, NodeFailure) else (
+                self._valid(res) if isinstance(res, FitRes) else "answered with the wrong kind")
+            node_id = res.node_id
+            if problem is None and isinstance(res, FitRes):
+                ok.append(res)
+                m = res.meter
+                ledger.append(NodeRoundRecord(round_, node_id, "fit", res.num_examples,
+                                              res.num_steps, res.train_loss, m.wall_s, m.cpu_s,
+                                              reply.bytes_down, reply.bytes_up, m.energy_j,
+                                              m.co2_g, m.energy_method))
+            else:
+                log.warning("round %d: dropped node %s: %s", round_, node_id, problem)
+                failed.append(node_id)
+                ledger.append(NodeRoundRecord(round_, node_id, "failed", 0, 0, float("nan"), 0.0,
+                                              0.0, reply.bytes_down, reply.bytes_up, 0.0, 0.0,
+                                              str(problem)[:200]))
+        ledger.append(self._server_meter(round_, "aggregate", lambda: self._aggregate(ok)))
+        if cfg.central.steps_between_rounds and len(self.y_central):
+            ledger.append(self._server_meter(
+                round_, "central",
+                lambda: self._central_train(round_, cfg.central.steps_between_rounds)))
+        test: dict[str, float] = {}
+        if round_ % cfg.run.eval_every == 0 or round_ == cfg.run.rounds:
+            test = self._evaluate_central()
+        fit = [n for n in ledger if n.phase == "fit"]
+        weights = [n.examples for n in fit]
+        train_loss = float(np.average([n.train_loss for n in fit], weights=weights)) \
+            if fit and sum(weights) else float("nan")
+        record = RoundRecord(
+            round=round_, nodes=[r.node_id for r in ok], failed=failed, train_loss=train_loss,
+            test_loss=test.get("loss"), test_accuracy=test.get("accuracy"),
+            wall_s=time.perf_counter() - wall0,
+            bytes_down=sum(n.bytes_down for n in ledger), bytes_up=sum(n.bytes_up for n in ledger),
+            energy_j=sum(n.energy_j for n in ledger), co2_g=sum(n.co2_g for n in ledger))
+        st.round = round_
+        st.history.append(record)
+        if self.store is not None:
+            self.store.record_round(self.run_id, record, ledger)
+            every = cfg.run.checkpoint_every
+            if every and (round_ % every == 0 or round_ == cfg.run.rounds):
+                self.store.save_checkpoint(self.run_id, round_, self._named_params(),
+                                           {"kind": "global"})
+        if self.on_round is not None:
+            self.on_round(record)
+        return record
+
+    def _aggregate(self, ok: list[FitRes]) -> int:
+        st = self.state
+        if len(ok) < self.cfg.strategy.min_nodes:
+            log.warning("round %d: only %d valid updates, strategy.min_nodes = %d; the global "
+                        "model is unchanged", st.round + 1, len(ok), self.cfg.strategy.min_nodes)
+            return 0
+        updates = torch.stack([r.update for r in ok])
+        if self.cfg.strategy.weighting == "examples":
+            weights = torch.tensor([float(r.num_examples) for r in ok])
+        else:
+            weights = torch.ones(len(ok))
+        steps = torch.tensor([float(r.num_steps) for r in ok])
+        st.params, st.opt_state = server_step(self.strategy, st.params, updates,
+                                              weights.to(updates.device),
+                                              steps.to(updates.device),
+                                              st.opt_state)  # type: ignore[arg-type]
+        if st.control is not None:
+            dcs = torch.stack([r.aux["scaffold_dc"] for r in ok])
+            st.control = scaffold_control_step(st.control, dcs, len(self.runtime.node_ids))
+        return sum(r.num_examples for r in ok)
+
+    def _named_params(self) -> dict[str, torch.Tensor]:
+        self.bench.flat.load_(self.state.params)
+        return self.bench.flat.named_tensors()
+
+    # -- the whole run -------------------------------------------------------------------
+    def run(self) -> RunResult:
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        pre: list[NodeRoundRecord] = []
+        if cfg.central.pretrain_steps and len(self.y_central):
+            pre.append(self._server_meter(
+                0, "pretrain", lambda: self._central_train(0, cfg.central.pretrain_steps)))
+            if self.store is not None:
+                test = self._evaluate_central()
+                rec = RoundRecord(0, [], [], float("nan"), test.get("loss"), test.get("accuracy"),
+                                  pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g)
+                self.store.record_round(self.run_id, rec, pre)
+        for r in range(1, cfg.run.rounds + 1):
+            self.run_round(r)
+        evals, eval_ledger = self._evaluate_nodes()
+        final = self._evaluate_central()
+        hist = self.state.history
+        ledgers = pre + eval_ledger
+        acc_g = {k: v.metrics.get("accuracy", float("nan")) for k, v in evals.items()}
+        acc_p = {k: v.metrics.get("accuracy_personalized", float("nan"))
+                 for k, v in evals.items()}
+        result = RunResult(
+            run_id=self.run_id, rounds=hist, final_test_loss=final["loss"],
+            final_test_accuracy=final.get("accuracy", float("nan")),
+            node_accuracy_global=acc_g, node_accuracy_personalized=acc_p,
+            fairness_global=fairness_summary(list(acc_g.values())),
+            fairness_personalized=fairness_summary(list(acc_p.values())),
+            total_bytes_down=sum(r.bytes_down for r in hist) + sum(x.bytes_down for x in ledgers),
+            total_bytes_up=sum(r.bytes_up for r in hist) + sum(x.bytes_up for x in ledgers),
+            total_energy_j=sum(r.energy_j for r in hist) + sum(x.energy_j for x in eval_ledger),
+            total_co2_g=sum(r.co2_g for r in hist) + sum(x.co2_g for x in eval_ledger),
+            wall_s=time.perf_counter() - t0, energy_method=self.meter.method)
+        if self.store is not None:
+            self.store.finish_run(self.run_id, result)
+        return result
+
+    def _evaluate_nodes(self) -> tuple[dict[str, EvalRes], list[NodeRoundRecord]]:
+        """Each node's accuracy with the global model and after local fine-tuning."""
+        ev = self.cfg.evaluation
+        config = {"personalize_steps": ev.personalize_steps,
+                  "lr": ev.personalize_lr or self.cfg.local.lr,
+                  "batch_size": self.cfg.local.batch_size}
+        round_ = self.cfg.run.rounds
+        ins = EvalIns(round_, self.state.params, config)
+        out: dict[str, EvalRes] = {}
+        ledger = []
+        for reply in self.runtime.evaluate(self.runtime.node_ids, ins):
+            res = reply.result
+            if isinstance(res, EvalRes):
+                out[res.node_id] = res
+                m = res.meter
+                ledger.append(NodeRoundRecord(round_, res.node_id, "evaluate", res.num_examples,
+                                              ev.personalize_steps, float("nan"), m.wall_s,
+                                              m.cpu_s, reply.bytes_down, reply.bytes_up,
+                                              m.energy_j, m.co2_g, m.energy_method))
+            else:
+                log.warning("evaluation: node %s failed: %s", res.node_id,
+                            getattr(res, "reason", "wrong reply"))
+        if self.store is not None:
+            self.store.record_ledger(self.run_id, ledger)
+            self.store.record_node_evals(self.run_id, [
+                (k, v.num_examples, v.metrics.get("accuracy", float("nan")),
+                 v.metrics.get("loss", float("nan")), v.metrics.get("accuracy_personalized"),
+                 v.metrics.get("loss_personalized")) for k, v in out.items()])
+        return out, ledger

@@ -1,0 +1,109 @@
+"""Energy of a piece of work, measured or estimated, with the method recorded.
+
+* ``rapl``: Intel/AMD RAPL package counters under ``/sys/class/powercap`` when readable
+  (joules of the whole package over the work's wall time, wrap-around handled).
+* ``tdp-estimate``: the CPU seconds the work used times the TDP share of one hardware thread.
+  The TDP comes from CodeCarbon's maintained ``cpu_power.csv``, matched on the CPU's model
+  name; an unmatched CPU gets CodeCarbon's own default of 4 W per thread.
+
+Reading two counters per task costs microseconds, far under the 2 % metering budget
+(``bench/overhead.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+
+RAPL_ROOT = Path("/sys/class/powercap")
+DEFAULT_WATTS_PER_THREAD = 4.0  # CodeCarbon's fallback when the CPU is not in its table
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def _norm(name: str) -> str:
+    name = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*$|\d+-core", " ", name.lower())
+    return " ".join(name.split())
+
+
+@cache
+def tdp_table() -> dict[str, float]:
+    path = files("codecarbon").joinpath("data/hardware/cpu_power.csv")
+    out: dict[str, float] = {}
+    for row in csv.DictReader(path.read_text().splitlines()):
+        match = re.match(r"\d+(\.\d+)?", row.get("TDP") or "")
+        if match:  # a few rows hold malformed numbers; take the leading one
+            out[_norm(row["Name"])] = float(match.group(0))
+    return out
+
+
+def lookup_tdp(model: str) -> float | None:
+    """TDP in watts of the CPU named ``model``, or None if CodeCarbon's table lacks it."""
+    table, key = tdp_table(), _norm(model)
+    if key in table:
+        return table[key]
+    # Longest table name contained in the model string (e.g. "xeon gold 6248").
+    hits = [k for k in table if len(k) > 6 and k in key]
+    return table[max(hits, key=len)] if hits else None
+
+
+def _rapl_files() -> list[Path]:
+    if not RAPL_ROOT.exists():
+        return []
+    out = []
+    for p in sorted(RAPL_ROOT.glob("*-rapl:*/energy_uj")):
+        if p.parent.name.count(":") == 1 and os.access(p, os.R_OK):  # packages only
+            out.append(p)
+    return out
+
+
+class EnergyMeter:
+    """Measures joules between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, *, tdp_watts: float | None = None, use_rapl: bool = True) -> None:
+        self.rapl = _rapl_files() if use_rapl else []
+        threads = os.cpu_count() or 1
+        model = _cpu_model()
+        tdp = tdp_watts if tdp_watts else lookup_tdp(model)
+        if tdp is None:
+            self.watts_per_thread = DEFAULT_WATTS_PER_THREAD
+            source = f"default {DEFAULT_WATTS_PER_THREAD:g} W/thread, '{model}' not in table"
+        else:
+            self.watts_per_thread = tdp / threads
+            source = f"{tdp:g} W TDP / {threads} threads, {model}"
+        self.method = "rapl" if self.rapl else f"tdp-estimate ({source})"
+
+    def _read(self) -> list[int]:
+        return [int(p.read_text()) for p in self.rapl]
+
+    def start(self) -> list[int]:
+        return self._read() if self.rapl else []
+
+    def stop(self, token: list[int], cpu_s: float) -> float:
+        """Joules used since ``start`` (RAPL) or by ``cpu_s`` CPU seconds (estimate)."""
+        if not self.rapl:
+            return cpu_s * self.watts_per_thread
+        total = 0
+        for p, before, after in zip(self.rapl, token, self._read(), strict=True):
+            delta = after - before
+            if delta < 0:  # counter wrapped
+                try:
+                    delta += int((p.parent / "max_energy_range_uj").read_text())
+                except OSError:
+                    delta = 0
+            total += delta
+        return total / 1e6

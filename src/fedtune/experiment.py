@@ -1,0 +1,88 @@
+"""Assemble and run an experiment: config -> task -> nodes -> runtime -> coordinator.
+
+This is the Python API's front door (:func:`run`) and what ``fedtune run`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .algorithms.strategy import build_strategy
+from .config import RunConfig, config_from_dict
+from .coordinator import Coordinator
+from .energy import EnergyMeter, carbon_intensity
+from .errors import ConfigError
+from .node.node import Node, Workbench
+from .runtime.inprocess import InProcessRuntime
+from .store import RunStore
+from .task import Task
+from .types import RoundRecord, RunResult
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device = {name!r} but no CUDA device is visible; use 'auto' or "
+                          "'cpu'")
+    return torch.device(name)
+
+
+def make_meter(cfg: RunConfig) -> tuple[EnergyMeter, float]:
+    """The energy meter and the grams of CO2e per joule for the configured country."""
+    e = cfg.energy
+    meter = EnergyMeter(tdp_watts=e.tdp_watts or None, use_rapl=e.rapl)
+    if not e.enabled:
+        meter.watts_per_thread, meter.rapl, meter.method = 0.0, [], "disabled"
+    return meter, carbon_intensity(e.country) / 3.6e6
+
+
+def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None = None,
+        store: RunStore | None | bool = True,
+        on_round: Callable[[RoundRecord], None] | None = None,
+        on_start: Callable[[str, int], None] | None = None) -> RunResult:
+    """Run one federated fine-tuning experiment and return its result.
+
+    Args:
+        config: a :class:`RunConfig`, a dict of sections, or None for the default experiment.
+        task: your own :class:`Task`; by default the bundled dataset the config names.
+        store: a :class:`RunStore`, True for the config's workspace, False to store nothing.
+        on_round: called with each finished round's record (progress bars, logging).
+        on_start: called with the run id and the number of rounds before round 1.
+    """
+    cfg = config if isinstance(config, RunConfig) else config_from_dict(config or {})
+    device = resolve_device(cfg.run.device)
+    if task is None:
+        from .tasks import build_task
+
+        task = build_task(cfg)
+    try:
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params())
+    except ValueError as exc:
+        raise ConfigError(f"strategy: {exc}") from None
+    meter, co2_per_joule = make_meter(cfg)
+    bench = Workbench.create(task, device, cfg.run.seed)
+    nodes = [Node(d, seed=cfg.run.seed, meter=meter, co2_per_joule=co2_per_joule, device=device)
+             for d in task.data.nodes]
+    runtime = InProcessRuntime(nodes, bench)
+    owned = store is True
+    run_store = RunStore(cfg.run.workspace) if store is True else (store or None)
+    run_id = run_store.start_run(cfg.run.name, cfg.model_dump()) if run_store else "unsaved"
+    if on_start is not None:
+        on_start(run_id, cfg.run.rounds)
+    coordinator = Coordinator(cfg, strategy, runtime, bench, meter=meter,
+                              co2_per_joule=co2_per_joule, store=run_store, run_id=run_id,
+                              on_round=on_round)
+    try:
+        return coordinator.run()
+    except Exception as exc:
+        if run_store is not None:
+            run_store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        runtime.close()
+        if owned and run_store is not None:
+            run_store.close()

@@ -1,0 +1,1 @@
+"""Node side: the local fine-tuning loop and the Node that answers instructions."""

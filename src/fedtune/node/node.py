@@ -1,0 +1,116 @@
+"""A Node answers instructions: load the global parameters, fine-tune, send the update.
+
+The node keeps only what is its own across rounds: its data, SCAFFOLD's control variate
+``c_i`` and (for DiLoCo) its inner optimizer state. The model it trains on is a
+:class:`Workbench` owned by the process and shared by every node the process hosts, so a
+simulation of 1,000 nodes holds one model, not 1,000.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..data.federated import NodeData
+from ..energy import EnergyMeter
+from ..params import FlatModel
+from ..task import Task
+from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
+from .trainer import LocalPlan, evaluate_model, train_locally
+
+
+@dataclass
+class Workbench:
+    """The one model a process trains on, with the task's loss and metrics."""
+
+    flat: FlatModel
+    task: Task
+
+    @staticmethod
+    def create(task: Task, device: torch.device, seed: int) -> Workbench:
+        torch.manual_seed(seed)
+        return Workbench(FlatModel(task.model_factory(), device), task)
+
+
+def derived_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (same on every machine and runtime)."""
+    text = ":".join(map(str, parts)).encode()
+    return (zlib.crc32(text) << 31) ^ zlib.crc32(text[::-1])
+
+
+class Node:
+    """One site: private data plus the state it keeps between rounds."""
+
+    def __init__(self, data: NodeData, *, seed: int, meter: EnergyMeter,
+                 co2_per_joule: float, device: torch.device) -> None:
+        self.node_id = data.node_id
+        self.data = NodeData(data.node_id, data.x_train.to(device), data.y_train.to(device),
+                             data.x_test.to(device), data.y_test.to(device))
+        self.seed = seed
+        self.meter = meter
+        self.co2_per_joule = co2_per_joule
+        self.state: dict[str, Any] = {}
+
+    def _generator(self, round_: int, purpose: str) -> torch.Generator:
+        return torch.Generator().manual_seed(derived_seed(self.seed, round_, self.node_id, purpose))
+
+    def _metered(self, wall0: float, cpu0: float, token: list[int]) -> NodeMeter:
+        cpu = time.process_time() - cpu0
+        joules = self.meter.stop(token, cpu)
+        return NodeMeter(wall_s=time.perf_counter() - wall0, cpu_s=cpu, energy_j=joules,
+                         co2_g=joules * self.co2_per_joule, energy_method=self.meter.method)
+
+    def fit(self, ins: FitIns, bench: Workbench) -> FitRes:
+        wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
+        flat, plan = bench.flat, LocalPlan.from_config(ins.config)
+        flat.load_(ins.params)
+        correction = None
+        control = ins.aux.get("scaffold_c")
+        if control is not None:
+            ci = self.state.get("scaffold_ci")
+            correction = control - ci if ci is not None else control
+        if bench.task.train_fn is not None:
+            steps = bench.task.train_fn(flat.module, self.data.x_train, self.data.y_train, plan,
+                                        self._generator(ins.round, "fit"))
+            flat.reseat_grads()  # user code may have set .grad to None
+            examples, loss, opt_state = self.data.num_train, float("nan"), {}
+        else:
+            stats, opt_state = train_locally(
+                flat, self.data.x_train, self.data.y_train, bench.task.loss_fn, plan,
+                self._generator(ins.round, "fit"),
+                prox_center=ins.params if plan.prox_mu else None, correction=correction,
+                optimizer_state=self.state.get("optimizer"))
+            steps, examples, loss = stats.steps, stats.examples, stats.mean_loss
+        update = flat.vector - ins.params
+        aux: dict[str, torch.Tensor] = {}
+        if control is not None:
+            # Option II of SCAFFOLD: c_i+ = c_i - c + (x - y) / (K lr); send delta c_i.
+            ci = self.state.get("scaffold_ci", torch.zeros_like(control))
+            new_ci = ci - control - update / (steps * plan.lr)
+            aux["scaffold_dc"] = new_ci - ci
+            self.state["scaffold_ci"] = new_ci
+        if plan.keep_optimizer_state:
+            self.state["optimizer"] = opt_state
+        return FitRes(self.node_id, ins.round, update, examples, steps, loss, aux,
+                      self._metered(wall0, cpu0, token))
+
+    def evaluate(self, ins: EvalIns, bench: Workbench) -> EvalRes:
+        """Metrics of the global model on the node's test split, and (when
+        ``personalize_steps`` > 0) after that many local fine-tuning steps."""
+        wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
+        flat, task, d = bench.flat, bench.task, self.data
+        flat.load_(ins.params)
+        metrics = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
+        steps = int(ins.config.get("personalize_steps", 0))
+        if steps > 0:
+            plan = LocalPlan.from_config({**ins.config, "steps": steps, "optimizer": "sgd"})
+            train_locally(flat, d.x_train, d.y_train, task.loss_fn, plan,
+                          self._generator(ins.round, "personalize"))
+            tuned = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
+            metrics.update({f"{k}_personalized": v for k, v in tuned.items()})
+        return EvalRes(self.node_id, ins.round, int(d.x_test.shape[0]), metrics,
+                       self._metered(wall0, cpu0, token))

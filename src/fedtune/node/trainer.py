@@ -1,0 +1,153 @@
+"""The default local fine-tuning loop, written on the flat parameter vector.
+
+Batches are index slices of tensors (no per-sample ``__getitem__``). Gradients land in the
+model's flat gradient buffer, so the FedProx proximal term (``mu * (w - w_global)``), the
+SCAFFOLD correction (``c - c_i``) and clipping are single vector operations, and SGD with
+momentum is two fused ops instead of a loop over parameter tensors. AdamW (DiLoCo's inner
+optimizer) is ``torch.optim.AdamW`` over the one flat parameter.
+
+References:
+    Li et al. 2020 (FedProx); Karimireddy et al. 2020 (SCAFFOLD);
+    Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization" (AdamW).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from ..params import FlatModel
+from ..task import LossFn
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """How a node fine-tunes in one round. ``steps > 0`` overrides ``epochs``."""
+
+    epochs: float = 1.0
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    prox_mu: float = 0.0
+    max_grad_norm: float = 0.0
+    keep_optimizer_state: bool = False
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> LocalPlan:
+        names = {f.name for f in fields(LocalPlan)}
+        return LocalPlan(**{k: v for k, v in config.items() if k in names})
+
+    def num_steps(self, num_examples: int) -> int:
+        if self.steps > 0:
+            return self.steps
+        return max(1, math.ceil(self.epochs * math.ceil(num_examples / self.batch_size)))
+
+
+@dataclass
+class LocalStats:
+    steps: int
+    examples: int
+    mean_loss: float
+
+
+class _FlatSGD:
+    """SGD with momentum and weight decay on one flat vector (torch.optim.SGD semantics)."""
+
+    def __init__(self, flat: FlatModel, plan: LocalPlan, state: dict[str, Any] | None) -> None:
+        self.flat, self.plan = flat, plan
+        self.buf: torch.Tensor | None = state.get("momentum") if state else None
+
+    def step(self) -> None:
+        g, p = self.flat.grad, self.plan
+        if p.weight_decay:
+            g.add_(self.flat.vector, alpha=p.weight_decay)
+        if p.momentum:
+            if self.buf is None:
+                self.buf = g.clone()
+            else:
+                self.buf.mul_(p.momentum).add_(g)
+            g = self.buf
+        self.flat.vector.add_(g, alpha=-p.lr)
+
+    def state(self) -> dict[str, Any]:
+        return {"momentum": self.buf} if self.buf is not None else {}
+
+
+class _FlatAdamW:
+    def __init__(self, flat: FlatModel, plan: LocalPlan, state: dict[str, Any] | None) -> None:
+        self.opt = torch.optim.AdamW([flat.flat_param], lr=plan.lr,
+                                     weight_decay=plan.weight_decay or 0.01)
+        if state:
+            self.opt.load_state_dict(state["adamw"])
+
+    def step(self) -> None:
+        self.opt.step()
+
+    def state(self) -> dict[str, Any]:
+        return {"adamw": self.opt.state_dict()}
+
+
+OPTIMIZERS = {"sgd": _FlatSGD, "adamw": _FlatAdamW}
+
+
+def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                  plan: LocalPlan, generator: torch.Generator, *,
+                  prox_center: torch.Tensor | None = None,
+                  correction: torch.Tensor | None = None,
+                  optimizer_state: dict[str, Any] | None = None,
+                  ) -> tuple[LocalStats, dict[str, Any]]:
+    """Run ``plan`` on ``(x, y)`` starting from the model's current parameters.
+
+    Returns the statistics and the optimizer state (kept by the node when the plan says so).
+    """
+    n = int(x.shape[0])
+    if plan.optimizer not in OPTIMIZERS:
+        raise ValueError(f"local.optimizer = {plan.optimizer!r}; allowed: {sorted(OPTIMIZERS)}")
+    opt = OPTIMIZERS[plan.optimizer](flat, plan, optimizer_state)
+    model = flat.module
+    model.train()
+    target = plan.num_steps(n)
+    loss_sum = torch.zeros((), device=flat.device)
+    step = examples = 0
+    while step < target:
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, plan.batch_size):
+            idx = order[start:start + plan.batch_size]
+            flat.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            if prox_center is not None and plan.prox_mu:
+                flat.grad.add_(flat.vector - prox_center, alpha=plan.prox_mu)
+            if correction is not None:
+                flat.grad.add_(correction)
+            if plan.max_grad_norm:
+                norm = flat.grad.norm()
+                flat.grad.mul_(torch.clamp(plan.max_grad_norm / (norm + 1e-12), max=1.0))
+            with torch.no_grad():
+                opt.step()
+            loss_sum += loss.detach()
+            step += 1
+            examples += int(idx.shape[0])
+            if step >= target:
+                break
+    stats = LocalStats(steps=step, examples=examples, mean_loss=float(loss_sum) / max(step, 1))
+    return stats, opt.state()
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                   metrics_fn: Any, batch_size: int = 2048) -> dict[str, float]:
+    """Loss and metrics of ``model`` on ``(x, y)``, in large batches."""
+    if x.shape[0] == 0:
+        return {"loss": float("nan")}
+    model.eval()
+    logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    out = {"loss": float(loss_fn(logits, y))}
+    out.update(metrics_fn(logits, y))
+    return out

@@ -1,0 +1,34 @@
+"""The interface every runtime offers the coordinator.
+
+A runtime delivers one instruction to a set of nodes and yields their replies as they come,
+each with the exact bytes that crossed the wire in each direction. It never looks inside an
+update: the in-process, Ray and gRPC runtimes differ only in how bytes travel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
+
+
+@dataclass
+class Reply:
+    """One node's answer and what it cost on the wire."""
+
+    result: FitRes | EvalRes | NodeFailure
+    bytes_down: int
+    bytes_up: int
+
+
+class Runtime(Protocol):
+    @property
+    def node_ids(self) -> list[str]: ...
+
+    def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]: ...
+
+    def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,227 @@
+"""The run store: one SQLite file per workspace, plus safetensors checkpoints beside it.
+
+Tables: ``runs`` (resolved config, status, result), ``rounds``, ``node_metrics`` (the energy
+and traffic ledger: one row per node, round and phase), ``node_evals`` and ``checkpoints``.
+Each round is committed in one transaction (WAL journal), so a run killed at any moment
+leaves a readable store whose last complete round is intact; such a run shows as
+``incomplete``. Checkpoints are written to a temporary file and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import StoreError
+from .types import NodeRoundRecord, RoundRecord, RunResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL, finished REAL,
+  status TEXT NOT NULL, pid INTEGER, host TEXT, config_json TEXT NOT NULL, result_json TEXT);
+CREATE TABLE IF NOT EXISTS rounds (
+  run_id TEXT NOT NULL, round INTEGER NOT NULL, nodes INTEGER, failed INTEGER,
+  train_loss REAL, test_loss REAL, test_accuracy REAL, wall_s REAL, bytes_down INTEGER,
+  bytes_up INTEGER, energy_j REAL, co2_g REAL, PRIMARY KEY (run_id, round));
+CREATE TABLE IF NOT EXISTS node_metrics (
+  run_id TEXT NOT NULL, round INTEGER NOT NULL, node_id TEXT NOT NULL, phase TEXT NOT NULL,
+  examples INTEGER, steps INTEGER, train_loss REAL, wall_s REAL, cpu_s REAL,
+  bytes_down INTEGER, bytes_up INTEGER, energy_j REAL, co2_g REAL, energy_method TEXT);
+CREATE INDEX IF NOT EXISTS node_metrics_run ON node_metrics (run_id, round);
+CREATE TABLE IF NOT EXISTS node_evals (
+  run_id TEXT NOT NULL, node_id TEXT NOT NULL, num_examples INTEGER, accuracy_global REAL,
+  loss_global REAL, accuracy_personalized REAL, loss_personalized REAL,
+  PRIMARY KEY (run_id, node_id));
+CREATE TABLE IF NOT EXISTS checkpoints (
+  run_id TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL, bytes INTEGER,
+  PRIMARY KEY (run_id, round));
+"""
+
+ROUND_COLUMNS = ["round", "nodes", "failed", "train_loss", "test_loss", "test_accuracy",
+                 "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g"]
+NODE_COLUMNS = ["round", "node_id", "phase", "examples", "steps", "train_loss", "wall_s",
+                "cpu_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "energy_method"]
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """Read and write runs in ``<workspace>/runs.sqlite``."""
+
+    def __init__(self, workspace: str | Path) -> None:
+        self.workspace = Path(workspace)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.path = self.workspace / "runs.sqlite"
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a fedtune run store ({exc}); point "
+                             "run.workspace at another folder") from None
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writing -------------------------------------------------------------------------
+    def start_run(self, name: str, config: dict[str, Any]) -> str:
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        with self.db:
+            self.db.execute(
+                "INSERT INTO runs (run_id, name, created, status, pid, host, config_json) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                (run_id, name, time.time(), os.getpid(), socket.gethostname(),
+                 json.dumps(config)))
+        return run_id
+
+    def record_round(self, run_id: str, record: RoundRecord,
+                     nodes: list[NodeRoundRecord]) -> None:
+        with self.db:
+            self.db.execute(
+                f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * (len(ROUND_COLUMNS) + 1))})",
+                (run_id, record.round, len(record.nodes), len(record.failed), record.train_loss,
+                 record.test_loss, record.test_accuracy, record.wall_s, record.bytes_down,
+                 record.bytes_up, record.energy_j, record.co2_g))
+            self._insert_ledger(run_id, nodes)
+
+    def record_ledger(self, run_id: str, nodes: list[NodeRoundRecord]) -> None:
+        """Add node rows outside a round (e.g. the final evaluation)."""
+        with self.db:
+            self._insert_ledger(run_id, nodes)
+
+    def _insert_ledger(self, run_id: str, nodes: list[NodeRoundRecord]) -> None:
+        self.db.executemany(
+            f"INSERT INTO node_metrics (run_id, {', '.join(NODE_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * (len(NODE_COLUMNS) + 1))})",
+            [(run_id, *(getattr(n, c) for c in NODE_COLUMNS)) for n in nodes])
+
+    def record_node_evals(self, run_id: str, rows: list[tuple[str, int, float, float,
+                                                              float | None, float | None]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO node_evals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, *r) for r in rows])
+
+    def save_checkpoint(self, run_id: str, round_: int, tensors: dict[str, torch.Tensor],
+                        metadata: dict[str, str]) -> Path:
+        from safetensors.torch import save_file
+
+        folder = self.workspace / "checkpoints" / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"round-{round_:05d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={**metadata, "run_id": run_id,
+                                               "round": str(round_)})
+        os.replace(tmp, path)
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
+                            (run_id, round_, str(path), path.stat().st_size))
+        return path
+
+    def finish_run(self, run_id: str, result: RunResult, status: str = "complete") -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET status=?, finished=?, result_json=? WHERE run_id=?",
+                            (status, time.time(), json.dumps(asdict(result)), run_id))
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET status='failed', finished=?, result_json=? "
+                            "WHERE run_id=?", (time.time(), json.dumps({"error": reason}), run_id))
+
+    # -- reading -------------------------------------------------------------------------
+    def _status(self, row: sqlite3.Row) -> str:
+        if row["status"] != "running":
+            return str(row["status"])
+        same_host = row["host"] == socket.gethostname()
+        return "running" if same_host and _pid_alive(row["pid"]) else "incomplete"
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT r.*, (SELECT COUNT(*) FROM rounds WHERE run_id=r.run_id) AS rounds_done, "
+            "(SELECT test_accuracy FROM rounds WHERE run_id=r.run_id AND test_accuracy IS NOT "
+            "NULL ORDER BY round DESC LIMIT 1) AS last_accuracy FROM runs r ORDER BY created"
+        ).fetchall()
+        return [{"run_id": r["run_id"], "name": r["name"], "created": r["created"],
+                 "status": self._status(r), "rounds_done": r["rounds_done"],
+                 "rounds_planned": json.loads(r["config_json"]).get("run", {}).get("rounds"),
+                 "last_accuracy": r["last_accuracy"]} for r in rows]
+
+    def resolve(self, run: str) -> str:
+        """A full run id from an id, a unique prefix, or 'last'."""
+        if run == "last":
+            row = self.db.execute("SELECT run_id FROM runs ORDER BY created DESC LIMIT 1").fetchone()
+            if row is None:
+                raise StoreError(f"no runs in {self.path}; start one with 'fedtune run'")
+            return str(row["run_id"])
+        rows = self.db.execute("SELECT run_id FROM runs WHERE run_id LIKE ?",
+                               (f"{run}%",)).fetchall()
+        if len(rows) != 1:
+            what = "no run" if not rows else f"{len(rows)} runs"
+            raise StoreError(f"{what} in {self.path} match {run!r}; 'fedtune runs' lists them")
+        return str(rows[0]["run_id"])
+
+    def load_run(self, run: str) -> dict[str, Any]:
+        run_id = self.resolve(run)
+        row = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        rounds = [dict(r) for r in self.db.execute(
+            f"SELECT {', '.join(ROUND_COLUMNS)} FROM rounds WHERE run_id=? ORDER BY round",
+            (run_id,))]
+        nodes = [dict(r) for r in self.db.execute(
+            f"SELECT {', '.join(NODE_COLUMNS)} FROM node_metrics WHERE run_id=? "
+            "ORDER BY round, node_id, phase", (run_id,))]
+        evals = [dict(r) for r in self.db.execute(
+            "SELECT node_id, num_examples, accuracy_global, loss_global, accuracy_personalized, "
+            "loss_personalized FROM node_evals WHERE run_id=? ORDER BY node_id", (run_id,))]
+        ckpts = [dict(r) for r in self.db.execute(
+            "SELECT round, path, bytes FROM checkpoints WHERE run_id=? ORDER BY round",
+            (run_id,))]
+        return {"run_id": run_id, "name": row["name"], "created": row["created"],
+                "finished": row["finished"], "status": self._status(row),
+                "config": json.loads(row["config_json"]),
+                "result": json.loads(row["result_json"]) if row["result_json"] else None,
+                "rounds": rounds, "node_metrics": nodes, "node_evals": evals,
+                "checkpoints": ckpts}
+
+    def export(self, run: str, fmt: str, out: Path) -> list[Path]:
+        """Write a run as one JSON file, or as CSV files (rounds, node metrics, node evals)."""
+        data = self.load_run(run)
+        if fmt == "json":
+            out.write_text(json.dumps(data, indent=2))
+            return [out]
+        if fmt != "csv":
+            raise StoreError(f"export format {fmt!r} is unknown; use json or csv")
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for table in ("rounds", "node_metrics", "node_evals"):
+            path = out / f"{data['run_id']}-{table}.csv"
+            rows = data[table]
+            with path.open("w", newline="") as fh:
+                if rows:
+                    writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+            written.append(path)
+        return written

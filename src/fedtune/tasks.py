@@ -1,0 +1,34 @@
+"""Built-in tasks: a bundled dataset, cut into a federation, with an MLP or small CNN."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+from .config import RunConfig
+from .data import build_federated_data
+from .errors import ConfigError
+from .models import mlp, small_cnn
+from .task import Task
+
+
+def build_task(cfg: RunConfig) -> Task:
+    """The task a config describes (dataset, partition, model)."""
+    d = cfg.data
+    options = dict(d.options)
+    if d.dataset == "synthetic":
+        options.setdefault("num_groups", float(d.num_nodes))
+    data = build_federated_data(
+        d.dataset, num_nodes=d.num_nodes, partition=d.partition, seed=cfg.run.seed,
+        test_fraction=d.test_fraction, central_fraction=d.central_fraction,
+        node_test_fraction=d.node_test_fraction, min_size=d.min_size, dataset_options=options,
+        alpha=d.alpha, shards_per_node=d.shards_per_node)
+    if cfg.model.kind == "cnn":
+        if data.input_shape != (64,):
+            raise ConfigError(f"model.kind = 'cnn' needs 8x8 images (digits), not "
+                              f"{d.dataset!r}; use model.kind = 'mlp'")
+        factory = partial(small_cnn, data.num_classes)
+    else:
+        factory = partial(mlp, math.prod(data.input_shape), tuple(cfg.model.hidden),
+                          data.num_classes)
+    return Task(model_factory=factory, data=data, name=f"{d.dataset}-{cfg.model.kind}")
