@@ -27,7 +27,7 @@ class Section(BaseModel):
 class RunSection(Section):
     name: str = "digits-noniid"
     seed: int = 0
-    rounds: int = Field(30, ge=1)
+    rounds: int = Field(40, ge=1)
     device: str = "auto"
     eval_every: int = Field(1, ge=1)
     workspace: str = ".fedtune"
@@ -107,7 +107,7 @@ class LocalSection(Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.05, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = Field(0.0, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(0.0, ge=0)
 
@@ -132,14 +132,14 @@ class EnergySection(Section):
 
 
 class RunConfig(Section):
-    run: RunSection = Field(default_factory=RunSection)
-    data: DataSection = Field(default_factory=DataSection)
-    model: ModelSection = Field(default_factory=ModelSection)
-    strategy: StrategySection = Field(default_factory=StrategySection)
-    local: LocalSection = Field(default_factory=LocalSection)
-    central: CentralSection = Field(default_factory=CentralSection)
-    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    energy: EnergySection = Field(default_factory=EnergySection)
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    strategy: StrategySection = StrategySection()
+    local: LocalSection = LocalSection()
+    central: CentralSection = CentralSection()
+    evaluation: EvaluationSection = EvaluationSection()
+    energy: EnergySection = EnergySection()
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> str:

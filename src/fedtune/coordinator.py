@@ -33,6 +33,7 @@ from .types import (
     NodeRoundRecord,
     RoundRecord,
     RunResult,
+    Scalar,
 )
 
 log = logging.getLogger("fedtune")
@@ -54,7 +55,7 @@ def select_nodes(node_ids: list[str], round_: int, *, seed: int, fraction: float
                  min_nodes: int) -> list[str]:
     """The nodes of one round: a seeded sample by count or fraction (all when fraction=1)."""
     n = len(node_ids)
-    k = count if count else max(min_nodes, int(round(fraction * n)))
+    k = count if count else max(min_nodes, round(fraction * n))
     k = min(k, n)
     if k == n:
         return list(node_ids)
@@ -246,7 +247,7 @@ class Coordinator:
     def _evaluate_nodes(self) -> tuple[dict[str, EvalRes], list[NodeRoundRecord]]:
         """Each node's accuracy with the global model and after local fine-tuning."""
         ev = self.cfg.evaluation
-        config = {"personalize_steps": ev.personalize_steps,
+        config: dict[str, Scalar] = {"personalize_steps": ev.personalize_steps,
                   "lr": ev.personalize_lr or self.cfg.local.lr,
                   "batch_size": self.cfg.local.batch_size}
         round_ = self.cfg.run.rounds

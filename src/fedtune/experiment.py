@@ -41,7 +41,7 @@ def make_meter(cfg: RunConfig) -> tuple[EnergyMeter, float]:
 
 
 def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None = None,
-        store: RunStore | None | bool = True,
+        store: RunStore | bool | None = True,
         on_round: Callable[[RoundRecord], None] | None = None,
         on_start: Callable[[str, int], None] | None = None) -> RunResult:
     """Run one federated fine-tuning experiment and return its result.

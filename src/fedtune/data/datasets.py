@@ -42,14 +42,15 @@ def _from_numpy(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
 
 def _standardize(x: np.ndarray) -> np.ndarray:
     std = x.std(axis=0)
-    return (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    out: np.ndarray = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    return out
 
 
 def load_digits(seed: int, **_: float) -> Dataset:
     from sklearn.datasets import load_digits as sk
 
     d = sk()
-    return _from_numpy("digits", d.data / 16.0, d.target)
+    return _from_numpy("digits", _standardize(d.data), d.target)
 
 
 def load_breast_cancer(seed: int, **_: float) -> Dataset:

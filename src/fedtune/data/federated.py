@@ -54,12 +54,12 @@ def _split(idx: np.ndarray, fraction: float, rng: np.random.Generator,
         return idx, idx[:0]
     if labels is None:
         perm = rng.permutation(idx)
-        k = int(round(fraction * len(idx)))
+        k = round(fraction * len(idx))
         return np.sort(perm[k:]), np.sort(perm[:k])
     held = []
     for c in np.unique(labels[idx]):
         members = rng.permutation(idx[labels[idx] == c])
-        held.append(members[: int(round(fraction * len(members)))])
+        held.append(members[: round(fraction * len(members))])
     h = np.sort(np.concatenate(held))
     return np.setdiff1d(idx, h), h
 
@@ -67,7 +67,7 @@ def _split(idx: np.ndarray, fraction: float, rng: np.random.Generator,
 def _node_split(idx: np.ndarray, fraction: float,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     perm = rng.permutation(idx)
-    k = int(round(fraction * len(perm)))
+    k = round(fraction * len(perm))
     if len(perm) >= 2 and fraction > 0:
         k = min(max(k, 1), len(perm) - 1)  # at least one sample on each side
     return np.sort(perm[k:]), np.sort(perm[:k])

@@ -77,7 +77,8 @@ class Node:
             steps = bench.task.train_fn(flat.module, self.data.x_train, self.data.y_train, plan,
                                         self._generator(ins.round, "fit"))
             flat.reseat_grads()  # user code may have set .grad to None
-            examples, loss, opt_state = self.data.num_train, float("nan"), {}
+            examples, loss = self.data.num_train, float("nan")
+            opt_state: dict[str, Any] = {}
         else:
             stats, opt_state = train_locally(
                 flat, self.data.x_train, self.data.y_train, bench.task.loss_fn, plan,

@@ -93,7 +93,7 @@ class _FlatAdamW:
         return {"adamw": self.opt.state_dict()}
 
 
-OPTIMIZERS = {"sgd": _FlatSGD, "adamw": _FlatAdamW}
+OPTIMIZERS: dict[str, type[_FlatSGD] | type[_FlatAdamW]] = {"sgd": _FlatSGD, "adamw": _FlatAdamW}
 
 
 def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
@@ -109,7 +109,7 @@ def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
     n = int(x.shape[0])
     if plan.optimizer not in OPTIMIZERS:
         raise ValueError(f"local.optimizer = {plan.optimizer!r}; allowed: {sorted(OPTIMIZERS)}")
-    opt = OPTIMIZERS[plan.optimizer](flat, plan, optimizer_state)
+    opt: _FlatSGD | _FlatAdamW = OPTIMIZERS[plan.optimizer](flat, plan, optimizer_state)
     model = flat.module
     model.train()
     target = plan.num_steps(n)
@@ -121,7 +121,7 @@ def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
             idx = order[start:start + plan.batch_size]
             flat.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if prox_center is not None and plan.prox_mu:
                 flat.grad.add_(flat.vector - prox_center, alpha=plan.prox_mu)
             if correction is not None:

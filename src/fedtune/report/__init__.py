@@ -1,0 +1,1 @@
+"""Human-readable summaries of runs: terminal tables now, HTML reports later."""

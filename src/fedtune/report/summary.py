@@ -1,0 +1,73 @@
+"""Final summary of a run as a plain dict (for JSON) and as a rich table (for people)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+from rich.table import Table
+
+from ..types import RunResult
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def result_summary(result: RunResult) -> dict[str, Any]:
+    """The headline figures of a run, JSON-safe (NaN becomes null)."""
+    summary: dict[str, Any] = _clean({
+        "run_id": result.run_id,
+        "status": result.status,
+        "rounds": len(result.rounds),
+        "test_accuracy": result.final_test_accuracy,
+        "test_loss": result.final_test_loss,
+        "node_accuracy_global": asdict(result.fairness_global),
+        "node_accuracy_personalized": asdict(result.fairness_personalized),
+        "bytes_down": result.total_bytes_down,
+        "bytes_up": result.total_bytes_up,
+        "energy_j": result.total_energy_j,
+        "co2_g": result.total_co2_g,
+        "energy_method": result.energy_method,
+        "wall_s": result.wall_s,
+    })
+    return summary
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.2f} MB"
+
+
+def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
+    """A two-column table of a :func:`result_summary` (or a stored run's result)."""
+    table = Table(title=title, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    g, p = summary["node_accuracy_global"], summary["node_accuracy_personalized"]
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.2f} %"
+
+    table.add_row("run", f"{summary['run_id']} ({summary['status']}, {summary['rounds']} rounds)")
+    table.add_row("central test accuracy", pct(summary["test_accuracy"]))
+    table.add_row("node accuracy, global model",
+                  f"mean {pct(g['mean'])}, worst {pct(g['worst'])}, "
+                  f"bottom 10 % {pct(g['bottom10_mean'])}")
+    table.add_row("node accuracy, fine-tuned locally",
+                  f"mean {pct(p['mean'])}, worst {pct(p['worst'])}, "
+                  f"bottom 10 % {pct(p['bottom10_mean'])}")
+    jain_g = "n/a" if g["jain_index"] is None else f"{g['jain_index']:.4f}"
+    jain_p = "n/a" if p["jain_index"] is None else f"{p['jain_index']:.4f}"
+    table.add_row("fairness (Jain's index)", f"global {jain_g}, fine-tuned {jain_p}")
+    table.add_row("bytes", f"down {_mb(summary['bytes_down'])}, up {_mb(summary['bytes_up'])}")
+    table.add_row("energy", f"{summary['energy_j']:,.1f} J ({summary['energy_method']})")
+    table.add_row("CO2", f"{summary['co2_g']:.4f} g CO2e")
+    table.add_row("time", f"{summary['wall_s']:.2f} s")
+    return table
