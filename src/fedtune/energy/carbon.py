@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from importlib.resources import files
 
 from ..errors import ConfigError
+from .codecarbon_data import codecarbon_file
 
 
 @cache
 def _energy_mix() -> dict[str, dict[str, float]]:
-    path = files("codecarbon").joinpath("data/private_infra/global_energy_mix.json")
+    path = codecarbon_file("data/private_infra/global_energy_mix.json")
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 

@@ -16,8 +16,9 @@ import csv
 import os
 import re
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
+
+from .codecarbon_data import codecarbon_file
 
 RAPL_ROOT = Path("/sys/class/powercap")
 DEFAULT_WATTS_PER_THREAD = 4.0  # CodeCarbon's fallback when the CPU is not in its table
@@ -41,24 +42,36 @@ def _norm(name: str) -> str:
 
 
 @cache
-def tdp_table() -> dict[str, float]:
-    path = files("codecarbon").joinpath("data/hardware/cpu_power.csv")
-    out: dict[str, float] = {}
-    for row in csv.DictReader(path.read_text().splitlines()):
-        match = re.match(r"\d+(\.\d+)?", row.get("TDP") or "")
-        if match:  # a few rows hold malformed numbers; take the leading one
-            out[_norm(row["Name"])] = float(match.group(0))
-    return out
+def _tdp_rows() -> list[tuple[str, str]]:
+    """(name, TDP text) rows of CodeCarbon's table, read once per process."""
+    path = codecarbon_file("data/hardware/cpu_power.csv")
+    return [(row["Name"], row.get("TDP") or "")
+            for row in csv.DictReader(path.read_text().splitlines())]
 
 
+@cache
 def lookup_tdp(model: str) -> float | None:
-    """TDP in watts of the CPU named ``model``, or None if CodeCarbon's table lacks it."""
-    table, key = tdp_table(), _norm(model)
-    if key in table:
-        return table[key]
-    # Longest table name contained in the model string (e.g. "xeon gold 6248").
-    hits = [k for k in table if len(k) > 6 and k in key]
-    return table[max(hits, key=len)] if hits else None
+    """TDP in watts of the CPU named ``model``, or None if CodeCarbon's table lacks it.
+
+    An exact match of the normalized names wins; else the longest table name contained in
+    the model string (e.g. "xeon gold 6248"). Rows whose last word is absent from the model
+    string are skipped before any normalization, which keeps the lookup at a few ms.
+    """
+    key, low = _norm(model), model.lower()
+    best: tuple[int, float] | None = None
+    for name, tdp_text in _tdp_rows():
+        words = name.lower().split()
+        if not words or words[-1] not in low:
+            continue
+        match = re.match(r"\d+(\.\d+)?", tdp_text)  # a few rows hold malformed numbers
+        norm = _norm(name)
+        if match is None or (len(norm) <= 6 and norm != key):
+            continue
+        if norm == key:
+            return float(match.group(0))
+        if norm in key and (best is None or len(norm) > best[0]):
+            best = (len(norm), float(match.group(0)))
+    return best[1] if best else None
 
 
 def _rapl_files() -> list[Path]:
