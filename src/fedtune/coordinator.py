@@ -130,6 +130,7 @@ class Coordinator:
                                 fraction=cfg.strategy.fraction, count=cfg.strategy.count,
                                 min_nodes=cfg.strategy.min_nodes)
         aux = {"scaffold_c": st.control} if st.control is not None else {}
+        order = {node_id: i for i, node_id in enumerate(selected)}
         ins = FitIns(round_, st.params, dict(self.node_config), aux)
         ok: list[FitRes] = []
         failed: list[str] = []
@@ -139,6 +140,12 @@ class Coordinator:
             problem = res.reason if isinstance(res, NodeFailure) else (
                 self._valid(res) if isinstance(res, FitRes) else "answered with the wrong kind")
             node_id = res.node_id
+            if problem is None and node_id not in order:
+                problem = "was not selected for this round"
+            if problem is None and isinstance(res, FitRes) and res.round != round_:
+                problem = f"answered round {res.round} during round {round_} (stale)"
+            if problem is None and any(r.node_id == node_id for r in ok):
+                problem = "answered twice"
             if problem is None and isinstance(res, FitRes):
                 ok.append(res)
                 m = res.meter
@@ -152,6 +159,9 @@ class Coordinator:
                 ledger.append(NodeRoundRecord(round_, node_id, "failed", 0, 0, float("nan"), 0.0,
                                               0.0, reply.bytes_down, reply.bytes_up, 0.0, 0.0,
                                               str(problem)[:200]))
+        # Runtimes deliver in arrival order; aggregate in selection order so every runtime
+        # sums the same numbers in the same order (bitwise-equal results).
+        ok.sort(key=lambda r: order[r.node_id])
         ledger.append(self._server_meter(round_, "aggregate", lambda: self._aggregate(ok)))
         if cfg.central.steps_between_rounds and len(self.y_central):
             ledger.append(self._server_meter(
@@ -173,7 +183,10 @@ class Coordinator:
         st.round = round_
         st.history.append(record)
         if self.store is not None:
-            self.store.record_round(self.run_id, record, ledger)
+            state_path = self.store.write_state(self.run_id, round_, self.snapshot(),
+                                                {"kind": "coordinator-state"})
+            self.store.record_round(self.run_id, record, ledger, state_path)
+            self.store.prune_states(self.run_id)
             every = cfg.run.checkpoint_every
             if every and (round_ % every == 0 or round_ == cfg.run.rounds):
                 self.store.save_checkpoint(self.run_id, round_, self._named_params(),
@@ -203,6 +216,37 @@ class Coordinator:
             st.control = scaffold_control_step(st.control, dcs, len(self.runtime.node_ids))
         return sum(r.num_examples for r in ok)
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue after the current round, as named tensors."""
+        st = self.state
+        out = {"params": st.params, "opt.step": torch.tensor(st.opt_state.step)}  # type: ignore[attr-defined]
+        for name in ("m", "v"):
+            value = getattr(st.opt_state, name)
+            if value is not None:
+                out[f"opt.{name}"] = value
+        if st.control is not None:
+            out["control"] = st.control
+        return out
+
+    def restore(self, round_: int, tensors: dict[str, torch.Tensor],
+                history: list[RoundRecord]) -> None:
+        """Continue from a :meth:`snapshot` taken after ``round_``."""
+        from .algorithms.server_opt import OptState
+
+        device = self.state.params.device
+        st = self.state
+        if tensors["params"].shape != st.params.shape:
+            raise ValueError(f"saved parameters have {tensors['params'].numel()} values, the "
+                             f"model has {st.params.numel()}: the config changed since the run")
+        st.params = tensors["params"].to(device)
+        st.opt_state = OptState(int(tensors["opt.step"]),
+                                tensors["opt.m"].to(device) if "opt.m" in tensors else None,
+                                tensors["opt.v"].to(device) if "opt.v" in tensors else None)
+        if st.control is not None and "control" in tensors:
+            st.control = tensors["control"].to(device)
+        st.round = round_
+        st.history = list(history)
+
     def _named_params(self) -> dict[str, torch.Tensor]:
         self.bench.flat.load_(self.state.params)
         return self.bench.flat.named_tensors()
@@ -212,7 +256,8 @@ class Coordinator:
         t0 = time.perf_counter()
         cfg = self.cfg
         pre: list[NodeRoundRecord] = []
-        if cfg.central.pretrain_steps and len(self.y_central):
+        first = self.state.round + 1
+        if first == 1 and cfg.central.pretrain_steps and len(self.y_central):
             pre.append(self._server_meter(
                 0, "pretrain", lambda: self._central_train(0, cfg.central.pretrain_steps)))
             if self.store is not None:
@@ -220,7 +265,10 @@ class Coordinator:
                 rec = RoundRecord(0, [], [], float("nan"), test.get("loss"), test.get("accuracy"),
                                   pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g)
                 self.store.record_round(self.run_id, rec, pre)
-        for r in range(1, cfg.run.rounds + 1):
+        wait = getattr(self.runtime, "wait_for_nodes", None)
+        for r in range(first, cfg.run.rounds + 1):
+            if wait is not None:
+                wait(cfg.strategy.min_nodes)
             self.run_round(r)
         evals, eval_ledger = self._evaluate_nodes()
         final = self._evaluate_central()

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS node_evals (
   run_id TEXT NOT NULL, node_id TEXT NOT NULL, num_examples INTEGER, accuracy_global REAL,
   loss_global REAL, accuracy_personalized REAL, loss_personalized REAL,
   PRIMARY KEY (run_id, node_id));
+CREATE TABLE IF NOT EXISTS states (
+  run_id TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL, PRIMARY KEY (run_id, round));
 CREATE TABLE IF NOT EXISTS checkpoints (
   run_id TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL, bytes INTEGER,
   PRIMARY KEY (run_id, round));
@@ -96,9 +98,14 @@ class RunStore:
                  json.dumps(config)))
         return run_id
 
-    def record_round(self, run_id: str, record: RoundRecord,
-                     nodes: list[NodeRoundRecord]) -> None:
+    def record_round(self, run_id: str, record: RoundRecord, nodes: list[NodeRoundRecord],
+                     state_path: Path | None = None) -> None:
+        """Commit one round's record, its ledger and (for resume) its coordinator state file
+        in one transaction: a round is either wholly stored or not at all."""
         with self.db:
+            if state_path is not None:
+                self.db.execute("INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
+                                (run_id, record.round, str(state_path)))
             self.db.execute(
                 f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * (len(ROUND_COLUMNS) + 1))})",
@@ -140,6 +147,78 @@ class RunStore:
             self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
                             (run_id, round_, str(path), path.stat().st_size))
         return path
+
+    def write_state(self, run_id: str, round_: int, tensors: dict[str, torch.Tensor],
+                    metadata: dict[str, str]) -> Path:
+        """Write the coordinator's state after ``round_`` (atomic rename); the round's
+        :meth:`record_round` then makes it the state to resume from."""
+        from safetensors.torch import save_file
+
+        folder = self.workspace / "checkpoints" / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"state-{round_:05d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={**metadata, "run_id": run_id, "round": str(round_)})
+        os.replace(tmp, path)
+        return path
+
+    def prune_states(self, run_id: str, keep: int = 2) -> None:
+        """Delete all but the newest ``keep`` committed state files of a run."""
+        rows = self.db.execute("SELECT round, path FROM states WHERE run_id=? ORDER BY round DESC",
+                               (run_id,)).fetchall()
+        for row in rows[keep:]:
+            Path(row["path"]).unlink(missing_ok=True)
+            with self.db:
+                self.db.execute("DELETE FROM states WHERE run_id=? AND round=?",
+                                (run_id, row["round"]))
+
+    def latest_state(self, run_id: str) -> tuple[int, dict[str, torch.Tensor], dict[str, str]]:
+        """The newest committed coordinator state of a run: (round, tensors, metadata)."""
+        from safetensors import safe_open
+
+        row = self.db.execute("SELECT round, path FROM states WHERE run_id=? ORDER BY round DESC "
+                              "LIMIT 1", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"run {run_id} has no completed round to resume from; start it "
+                             "again without --resume")
+        path = Path(row["path"])
+        if not path.is_file():
+            raise StoreError(f"state file {path} of run {run_id} is missing; cannot resume")
+        with safe_open(str(path), framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+            meta = fh.metadata() or {}
+        return int(row["round"]), tensors, meta
+
+    def round_records(self, run_id: str) -> list[RoundRecord]:
+        """The stored rounds of a run as records (node lists are not kept, only counts)."""
+        rows = self.db.execute(f"SELECT {', '.join(ROUND_COLUMNS)} FROM rounds WHERE run_id=? "
+                               "AND round > 0 ORDER BY round", (run_id,)).fetchall()
+        return [RoundRecord(round=r["round"], nodes=[""] * r["nodes"], failed=[""] * r["failed"],
+                            train_loss=r["train_loss"], test_loss=r["test_loss"],
+                            test_accuracy=r["test_accuracy"], wall_s=r["wall_s"],
+                            bytes_down=r["bytes_down"], bytes_up=r["bytes_up"],
+                            energy_j=r["energy_j"], co2_g=r["co2_g"]) for r in rows]
+
+    def resumable_run(self, run: str | None) -> str:
+        """The run to resume: the given one, or the newest run that did not complete."""
+        if run:
+            return self.resolve(run)
+        rows = self.db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+        for row in rows:
+            if self._status(row) == "incomplete":
+                return str(row["run_id"])
+        raise StoreError(f"no incomplete run in {self.path} to resume")
+
+    def mark_resumed(self, run_id: str, round_: int) -> None:
+        """Reopen a run at its state after ``round_``: later partial records are dropped, so
+        nothing is counted twice when those rounds run again."""
+        with self.db:
+            for table in ("rounds", "node_metrics", "checkpoints", "states"):
+                self.db.execute(f"DELETE FROM {table} WHERE run_id=? AND round>?",
+                                (run_id, round_))
+            self.db.execute("UPDATE runs SET status='running', pid=?, host=? WHERE run_id=?",
+                            (os.getpid(), socket.gethostname(), run_id))
 
     def finish_run(self, run_id: str, result: RunResult, status: str = "complete") -> None:
         with self.db:

@@ -4,7 +4,8 @@ Layout (little-endian)::
 
     b"FTW1" | u32 header length H | H bytes of UTF-8 JSON header | tensor payloads
 
-The header holds the message kind, its scalar fields, and for each tensor its name, dtype,
+The header (space-padded so payloads start 8-byte aligned) holds the message kind, its
+scalar fields, and for each tensor its name, dtype,
 shape and byte length, in payload order. Payloads are the tensors' raw bytes, back to back.
 :func:`encoded_size` computes ``len(encode(msg))`` from the same header without copying any
 tensor, so the in-process runtime reports exact bytes at no cost; :func:`decode` validates
@@ -55,6 +56,7 @@ def _parts(msg: Any) -> tuple[bytes, list[torch.Tensor]]:
              for name, t in tensors]
     header = json.dumps({"kind": kind, "fields": scalars, "tensors": table},
                         separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # JSON ignores trailing spaces; payloads stay aligned
     return header, [t for _, t in tensors]
 
 
@@ -66,10 +68,46 @@ def encoded_size(msg: Any) -> int:
 
 def encode(msg: Any) -> bytes:
     """Serialize a message to bytes."""
+    return b"".join(bytes(piece) for piece in encode_views(msg))
+
+
+def encode_views(msg: Any) -> list[memoryview]:
+    """The message as a list of buffers (prefix, header, each tensor's bytes) without copying
+    tensor data, for streaming a large message in chunks."""
     header, tensors = _parts(msg)
-    chunks = [MAGIC, struct.pack("<I", len(header)), header]
-    chunks += [t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes() for t in tensors]
-    return b"".join(chunks)
+    views = [memoryview(MAGIC + struct.pack("<I", len(header)) + header)]
+    for t in tensors:
+        flat = t.detach().contiguous().cpu().reshape(-1)
+        views.append(flat.view(torch.uint8).numpy().data)
+    return views
+
+
+def iter_chunks(views: list[memoryview], chunk_bytes: int) -> Any:
+    """Yield ``bytes`` chunks of at most ``chunk_bytes`` over the concatenated views."""
+    pending: list[bytes] = []
+    size = 0
+    for view in views:
+        pos = 0
+        while pos < len(view):
+            take = min(chunk_bytes - size, len(view) - pos)
+            pending.append(view[pos:pos + take].tobytes())
+            size += take
+            pos += take
+            if size == chunk_bytes:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _tensor_at(data: Any, view: memoryview, offset: int, nbytes: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    if nbytes == 0:
+        return torch.empty(0, dtype=dtype)
+    if isinstance(data, bytearray) and offset % dtype.itemsize == 0:
+        # zero-copy: the tensor shares the receive buffer, which stays alive with it
+        return torch.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
+    return torch.frombuffer(bytearray(view[offset:offset + nbytes]), dtype=dtype)
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_bytes: int | None = None,
@@ -99,7 +137,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int | None = None
         if numel * tdtype.itemsize != nbytes or offset + nbytes > len(view):
             raise MessageError(f"tensor {name!r} claims shape {shape} / {nbytes} bytes, which "
                                "does not fit the message")
-        t = torch.frombuffer(bytearray(view[offset:offset + nbytes]), dtype=tdtype).view(shape)
+        t = _tensor_at(data, view, offset, nbytes, tdtype).view(shape)
         if require_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise MessageError(f"tensor {name!r} holds NaN or infinite values")
         offset += nbytes
