@@ -79,6 +79,91 @@ def run(
 
 
 @app.command()
+def serve(
+    config: Annotated[Path | None, typer.Argument(help="TOML config; none = default")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the newest incomplete run")] = False,
+    run_id: Annotated[str | None, typer.Option("--run", help="with --resume: which run")] = None,
+    output: Annotated[str, typer.Option(help="table or json")] = "table",
+) -> None:
+    """Coordinate real sites over gRPC (they connect with 'fedtune join')."""
+    from .config import load_config
+    from .experiment import serve as serve_experiment
+    from .report.summary import result_summary, summary_table
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log = logging.getLogger("fedtune")
+
+    def on_start(rid: str, rounds: int) -> None:
+        log.info("run %s: %d rounds, serving on %s", rid, rounds, cfg.server.address)
+
+    def on_round(rec: Any) -> None:
+        acc = "" if rec.test_accuracy is None else f", test accuracy {rec.test_accuracy:.4f}"
+        log.info("round %d: %d sites, %d failed%s", rec.round, len(rec.nodes), len(rec.failed),
+                 acc)
+
+    try:
+        cfg = load_config(config, set_ or [])
+        result = serve_experiment(cfg, resume=resume, resume_run=run_id, on_round=on_round,
+                                  on_start=on_start)
+    except FedtuneError as exc:
+        _fail(exc)
+        return
+    summary = result_summary(result)
+    if output == "json":
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        out.print(summary_table(summary, title=f"fedtune serve: {cfg.run.name}"))
+
+
+@app.command()
+def join(
+    server: Annotated[str, typer.Option(help="coordinator HOST:PORT")],
+    site: Annotated[str, typer.Option(help="this site's name")],
+    data: Annotated[str, typer.Option(help="partition:NODE or a .npz file")] = "partition:",
+    token: Annotated[str, typer.Option(envvar="FEDTUNE_TOKEN", help="site token")] = "",
+    token_file: Annotated[str, typer.Option(help="tokens TOML; this site's line is used")] = "",
+    ca: Annotated[str, typer.Option(help="CA certificate (PEM): use TLS")] = "",
+    cert: Annotated[str, typer.Option(help="client certificate (PEM): mutual TLS")] = "",
+    key: Annotated[str, typer.Option(help="client key (PEM)")] = "",
+    state_dir: Annotated[str, typer.Option(help="where the node keeps its state")] = "",
+    task: Annotated[str, typer.Option(help="module:function building a custom Task")] = "",
+    max_attempts: Annotated[int, typer.Option(help="give up after N failed connects; 0 never")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Join a federation as a site: connect out, train on local data, send updates."""
+    from .runtime.grpc.security import token_for
+    from .runtime.grpc.site import Site, SiteOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if token_file and not token:
+            token = token_for(token_file, site)
+        Site(SiteOptions(server=server, site=site, data=data, token=token, ca=ca, cert=cert,
+                         key=key, state_dir=state_dir, task=task, max_attempts=max_attempts,
+                         device=device)).run()
+    except FedtuneError as exc:
+        _fail(exc)
+
+
+@app.command()
+def certs(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write into")],
+    site: Annotated[list[str], typer.Option("--site", help="a site name (repeat)")],
+    host: Annotated[list[str] | None, typer.Option(help="coordinator host name or IP")] = None,
+    days: Annotated[float, typer.Option(help="validity in days")] = 365.0,
+) -> None:
+    """Make a development CA, coordinator and site certificates, and site tokens."""
+    from .runtime.grpc.security import make_certificates
+
+    files = make_certificates(out_dir, sites=site, hosts=host or ["localhost", "127.0.0.1"],
+                              days=days)
+    for name, path in files.items():
+        out.print(f"{name}: {path}")
+    out.print(f"site certificates and keys: {out_dir}/<site>.pem, {out_dir}/<site>.key")
+
+
+@app.command()
 def runs(workspace: WorkspaceOpt = ".fedtune") -> None:
     """List the runs stored in a workspace."""
     store = _open_store(workspace)

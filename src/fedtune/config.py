@@ -131,6 +131,39 @@ class EnergySection(Section):
     rapl: bool = True
 
 
+class ServerSection(Section):
+    """The coordinator's gRPC endpoint (``fedtune serve``) and its fault handling."""
+
+    address: str = "127.0.0.1:7070"
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    tokens: str = ""
+    insecure_no_auth: bool = False
+    round_deadline_s: float = Field(600.0, gt=0)
+    wait_for_sites_s: float = Field(600.0, gt=0)
+    chunk_kb: int = Field(1024, ge=16, le=3072)
+    max_message_mb: int = Field(8192, ge=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:7070")
+        return v
+
+
+class RuntimeSection(Section):
+    """Where the nodes of ``fedtune run`` live: this process, or Ray actors."""
+
+    kind: Literal["inprocess", "ray"] = "inprocess"
+    ray_address: str = ""
+    ray_actors: int = Field(2, ge=1)
+    ray_cpus_per_actor: float = Field(1.0, gt=0)
+    ray_gpus_per_actor: float = Field(0.0, ge=0)
+
+
 class RunConfig(Section):
     run: RunSection = RunSection()
     data: DataSection = DataSection()
@@ -140,6 +173,8 @@ class RunConfig(Section):
     central: CentralSection = CentralSection()
     evaluation: EvaluationSection = EvaluationSection()
     energy: EnergySection = EnergySection()
+    server: ServerSection = ServerSection()
+    runtime: RuntimeSection = RuntimeSection()
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> str:

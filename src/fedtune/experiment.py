@@ -86,3 +86,60 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
         runtime.close()
         if owned and run_store is not None:
             run_store.close()
+
+
+def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = None,
+          on_round: Callable[[RoundRecord], None] | None = None,
+          on_start: Callable[[str, int], None] | None = None) -> RunResult:
+    """Coordinate real sites over gRPC (``fedtune serve``) until the run's last round.
+
+    With ``resume``, continue the newest incomplete run in the workspace (or ``resume_run``)
+    from its last completed round, with the config stored for it (only [server] may change).
+    """
+    from .runtime.grpc.server import GrpcRuntime
+
+    cfg = config
+    store = RunStore(cfg.run.workspace)
+    run_id = ""
+    saved: tuple[int, dict[str, torch.Tensor], dict[str, str]] | None = None
+    if resume:
+        run_id = store.resumable_run(resume_run)
+        stored = store.load_run(run_id)["config"]
+        cfg = config_from_dict({**stored, "server": cfg.server.model_dump()})
+        saved = store.latest_state(run_id)
+    device = resolve_device(cfg.run.device)
+    from .tasks import build_task
+
+    task = build_task(cfg)
+    try:
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params())
+    except ValueError as exc:
+        raise ConfigError(f"strategy: {exc}") from None
+    meter, co2_per_joule = make_meter(cfg)
+    bench = Workbench.create(task, device, cfg.run.seed)
+    numel = bench.flat.spec.numel
+    welcome = cfg.model_dump(exclude={"server"})
+    runtime = GrpcRuntime(cfg.server, welcome=welcome, expected_bytes=3 * 4 * numel + 2**20)
+    try:
+        if not run_id:
+            run_id = store.start_run(cfg.run.name, cfg.model_dump())
+        coordinator = Coordinator(cfg, strategy, runtime, bench, meter=meter,
+                                  co2_per_joule=co2_per_joule, store=store, run_id=run_id,
+                                  on_round=on_round)
+        if saved is not None:
+            round_, tensors, _ = saved
+            try:
+                coordinator.restore(round_, tensors, store.round_records(run_id))
+            except ValueError as exc:
+                raise ConfigError(f"cannot resume run {run_id}: {exc}") from None
+            store.mark_resumed(run_id, round_)
+        if on_start is not None:
+            on_start(run_id, cfg.run.rounds)
+        try:
+            return coordinator.run()
+        except Exception as exc:
+            store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+            raise
+    finally:
+        runtime.close()
+        store.close()

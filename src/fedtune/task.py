@@ -73,3 +73,22 @@ def make_task(model_factory: Callable[[], nn.Module], nodes: Mapping[str, tuple[
     fd = FederatedData(name, classes, tuple(xte.shape[1:]), list(node_list), xte, yte.long(),
                        xc, yc.long())
     return Task(model_factory, fd, loss_fn, metrics_fn, train_fn, name)
+
+
+def load_task_factory(spec: str) -> Callable[[Any], Task]:
+    """``module:function`` -> the function, which takes the run config and returns a Task.
+
+    Sites and the coordinator of a custom deployment name the same factory, so both build
+    the same model."""
+    import importlib
+
+    from .errors import ConfigError
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--task {spec!r}: expected module:function")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--task {spec!r} cannot be loaded: {exc}") from None
+    return factory  # type: ignore[no-any-return]

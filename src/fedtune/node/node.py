@@ -8,9 +8,12 @@ simulation of 1,000 nodes holds one model, not 1,000.
 
 from __future__ import annotations
 
+import copy
+import os
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +57,8 @@ class Node:
         self.meter = meter
         self.co2_per_joule = co2_per_joule
         self.state: dict[str, Any] = {}
+        self.last_fit_round = -1
+        self._state_before_last_fit: dict[str, Any] = {}
 
     def _generator(self, round_: int, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(derived_seed(self.seed, round_, self.node_id, purpose))
@@ -64,8 +69,30 @@ class Node:
         return NodeMeter(wall_s=time.perf_counter() - wall0, cpu_s=cpu, energy_j=joules,
                          co2_g=joules * self.co2_per_joule, energy_method=self.meter.method)
 
+    def save_state(self, path: Path) -> None:
+        """Persist what the node keeps between rounds (atomic rename)."""
+        tmp = path.with_suffix(".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": self.state, "last_fit_round": self.last_fit_round,
+                    "before": self._state_before_last_fit}, tmp)
+        os.replace(tmp, path)
+
+    def load_state(self, path: Path) -> None:
+        saved = torch.load(path, weights_only=True)
+        self.state = saved["state"]
+        self.last_fit_round = int(saved["last_fit_round"])
+        self._state_before_last_fit = saved["before"]
+
     def fit(self, ins: FitIns, bench: Workbench) -> FitRes:
+        """Train on this node's data from ``ins.params``. Idempotent per round: asked the same
+        round again (a coordinator that restarted mid-round), the node first rolls its state
+        back to before that round, so nothing is applied twice and the answer is the same."""
         wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
+        if ins.round == self.last_fit_round:
+            self.state = copy.deepcopy(self._state_before_last_fit)
+        else:
+            self._state_before_last_fit = copy.deepcopy(self.state)
+            self.last_fit_round = ins.round
         flat, plan = bench.flat, LocalPlan.from_config(ins.config)
         flat.load_(ins.params)
         correction = None

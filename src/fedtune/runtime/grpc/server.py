@@ -1,0 +1,274 @@
+"""The coordinator's side of real deployment: a gRPC server that is also a :class:`Runtime`.
+
+Each site holds one bidirectional ``Session`` open. A reader thread per session reassembles
+and validates what the site sends; the response stream sends it tasks from its outbox. The
+coordinator's round loop calls :meth:`GrpcRuntime.fit`, which streams one shared encoding of
+the instruction to every selected site and yields replies as they arrive, until all have
+answered, failed, disconnected, or the round deadline passed. Late or duplicate results are
+dropped with a log line; a malformed message gets an ``error`` chunk back and the server goes
+on serving. Nothing here waits in a sleep loop: threads block on queues and conditions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from ...config import ServerSection
+from ...errors import FedtuneError, MessageError
+from ...types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
+from ...wire import encode_views
+from ..base import Reply
+from . import SCHEMA_VERSION
+from .fedtune_pb2 import Chunk
+from .fedtune_pb2_grpc import FederationServicer, add_FederationServicer_to_server
+from .security import load_tokens, read_file, token_matches
+from .transfer import Assembler, control_chunk, decode_assembly, message_chunks
+
+log = logging.getLogger("fedtune.server")
+_CLOSE = object()
+
+
+@dataclass
+class SiteSession:
+    site: str
+    outbox: queue.Queue[Any] = field(default_factory=queue.Queue)
+    alive: bool = True
+    task_id: int = 0  # the task the site owes an answer to (0: none)
+    generation: int = 0
+
+
+class GrpcRuntime(FederationServicer):
+    """Serves sites over gRPC and drives them for the coordinator."""
+
+    def __init__(self, settings: ServerSection, *, welcome: dict[str, Any],
+                 expected_bytes: int) -> None:
+        self.settings = settings
+        self.welcome = json.dumps(welcome)
+        self.chunk_bytes = settings.chunk_kb * 1024
+        self.max_bytes = min(settings.max_message_mb * 2**20, max(expected_bytes, 2**20))
+        self.tokens = load_tokens(settings.tokens) if settings.tokens else None
+        if self.tokens is None and not settings.client_ca and not settings.insecure_no_auth:
+            raise FedtuneError("the coordinator would accept any site: set server.tokens (make "
+                               "one with 'fedtune certs'), server.client_ca for mutual TLS, or "
+                               "server.insecure_no_auth = true for a closed test network")
+        self.sessions: dict[str, SiteSession] = {}
+        self.lock = threading.Condition()
+        self.results: queue.Queue[tuple[str, int, Any]] = queue.Queue()
+        self.task_ids = itertools.count(1)
+        self.generations = itertools.count(1)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="fedtune-rpc"),
+            options=[("grpc.max_receive_message_length", self.chunk_bytes + 65536),
+                     ("grpc.max_send_message_length", self.chunk_bytes + 65536),
+                     ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                     ("grpc.keepalive_permit_without_calls", 1)])
+        add_FederationServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
+        if settings.tls_cert:
+            ca = read_file(settings.client_ca, "server.client_ca") if settings.client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(read_file(settings.tls_key, "server.tls_key"),
+                  read_file(settings.tls_cert, "server.tls_cert"))],
+                root_certificates=ca, require_client_auth=ca is not None)
+            self.port = self.server.add_secure_port(settings.address, creds)
+        else:
+            if settings.client_ca:
+                raise FedtuneError("server.client_ca (mutual TLS) needs server.tls_cert and "
+                                   "server.tls_key too")
+            self.port = self.server.add_insecure_port(settings.address)
+        if self.port == 0:
+            raise FedtuneError(f"cannot listen on server.address = {settings.address!r} (in use "
+                               "or not an address of this machine)")
+        self.server.start()
+        log.info("listening on %s", settings.address)
+
+    # -- Runtime interface ---------------------------------------------------------------
+    @property
+    def node_ids(self) -> list[str]:
+        with self.lock:
+            return sorted(s for s, sess in self.sessions.items() if sess.alive)
+
+    def wait_for_nodes(self, count: int) -> list[str]:
+        deadline = time.monotonic() + self.settings.wait_for_sites_s
+        with self.lock:
+            while len([s for s in self.sessions.values() if s.alive]) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    have = len([s for s in self.sessions.values() if s.alive])
+                    raise FedtuneError(
+                        f"only {have} of strategy.min_nodes = {count} sites connected within "
+                        f"server.wait_for_sites_s = {self.settings.wait_for_sites_s:g} s; start "
+                        "more sites with 'fedtune join' or lower strategy.min_nodes")
+                self.lock.wait(timeout=left)
+        return self.node_ids
+
+    def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
+        return self._dispatch("fit", node_ids, ins)
+
+    def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]:
+        return self._dispatch("evaluate", node_ids, ins)
+
+    def close(self) -> None:
+        with self.lock:
+            for sess in self.sessions.values():
+                sess.outbox.put(control_chunk("stop"))
+                sess.outbox.put(_CLOSE)
+        self.server.stop(grace=5).wait()
+
+    # -- dispatch ------------------------------------------------------------------------
+    def _dispatch(self, kind: str, node_ids: Sequence[str], ins: FitIns | EvalIns,
+                  ) -> Iterator[Reply]:
+        views = encode_views(ins)
+        down = sum(len(v) for v in views)
+        waiting: dict[int, str] = {}
+        absent: list[str] = []
+        with self.lock:
+            for site in node_ids:
+                sess = self.sessions.get(site)
+                if sess is None or not sess.alive:
+                    absent.append(site)
+                    continue
+                task_id = next(self.task_ids)
+                sess.task_id = task_id
+                waiting[task_id] = site
+                sess.outbox.put((kind, task_id, ins.round, views))
+        for site in absent:
+            yield Reply(NodeFailure(site, ins.round, "not connected"), 0, 0)
+        deadline = time.monotonic() + self.settings.round_deadline_s
+        while waiting:
+            left = deadline - time.monotonic()
+            try:
+                site, task_id, payload = self.results.get(timeout=max(left, 0.0))
+            except queue.Empty:
+                break
+            if waiting.get(task_id) != site:
+                log.warning("dropped a late or unexpected result from %s (task %d)", site, task_id)
+                continue
+            del waiting[task_id]
+            if isinstance(payload, tuple):  # (result, bytes up)
+                yield Reply(payload[0], down, payload[1])
+            else:
+                yield Reply(NodeFailure(site, ins.round, str(payload)), down, 0)
+        with self.lock:
+            for task_id, site in waiting.items():
+                sess = self.sessions.get(site)
+                if sess is not None and sess.task_id == task_id:
+                    sess.task_id = 0
+        for site in waiting.values():
+            log.warning("site %s missed the round deadline", site)
+            yield Reply(NodeFailure(site, ins.round, "missed the round deadline of "
+                                    f"{self.settings.round_deadline_s:g} s "
+                                    "(server.round_deadline_s)"), down, 0)
+
+    # -- the Session RPC -----------------------------------------------------------------
+    def _authenticate(self, context: grpc.ServicerContext) -> str:
+        meta = dict(context.invocation_metadata())
+        site = str(meta.get("x-fedtune-site", ""))
+        if not site:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing x-fedtune-site metadata")
+        if self.tokens is not None and not token_matches(self.tokens.get(site),
+                                                         str(meta.get("x-fedtune-token", ""))):
+            log.warning("refused site %r: unknown site or wrong token", site)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"site {site!r} is unknown or its token is wrong")
+        if self.settings.client_ca:
+            names = context.auth_context().get("x509_common_name", [])
+            if site.encode() not in names:
+                log.warning("refused site %r: certificate is for %r", site, names)
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"client certificate is not issued to site {site!r}")
+        return site
+
+    def Session(self, request_iterator: Iterator[Chunk],
+                context: grpc.ServicerContext) -> Iterator[Chunk]:
+        site = self._authenticate(context)
+        try:
+            hello = next(request_iterator)
+        except StopIteration:
+            return
+        if hello.kind != "hello" or hello.schema_version != SCHEMA_VERSION or hello.site != site:
+            yield control_chunk("error", text=f"expected hello from {site!r} with schema "
+                                f"version {SCHEMA_VERSION}, got {hello.kind!r} "
+                                f"v{hello.schema_version} from {hello.site!r}")
+            return
+        sess = SiteSession(site, generation=next(self.generations))
+        with self.lock:
+            old = self.sessions.get(site)
+            if old is not None and old.alive:
+                log.warning("site %s connected again; closing its previous session", site)
+                self._drop(old, "reconnected")
+            self.sessions[site] = sess
+            self.lock.notify_all()
+        log.info("site %s joined", site)
+        reader = threading.Thread(target=self._read, args=(sess, request_iterator),
+                                  name=f"fedtune-read-{site}", daemon=True)
+        reader.start()
+        context.add_callback(lambda: self._drop(sess, "disconnected"))
+        yield control_chunk("welcome", text=self.welcome, site=site)
+        while True:
+            item = sess.outbox.get()
+            if item is _CLOSE:
+                return
+            if isinstance(item, Chunk):
+                yield item
+                continue
+            kind, task_id, round_, views = item
+            yield from message_chunks(kind, None, task_id=task_id, round_=round_,
+                                      chunk_bytes=self.chunk_bytes, views=views)
+
+    def _drop(self, sess: SiteSession, why: str) -> None:
+        with self.lock:
+            if not sess.alive:
+                return
+            sess.alive = False
+            if self.sessions.get(sess.site) is sess and sess.task_id:
+                self.results.put((sess.site, sess.task_id, f"site {why} during the task"))
+                sess.task_id = 0
+            self.lock.notify_all()
+        sess.outbox.put(_CLOSE)
+        log.info("site %s left (%s)", sess.site, why)
+
+    def _read(self, sess: SiteSession, requests: Iterator[Chunk]) -> None:
+        assembler = Assembler(self.max_bytes)
+        try:
+            for chunk in requests:
+                if chunk.kind == "error":
+                    log.warning("site %s reports: %s", sess.site, chunk.data.decode(errors="replace"))
+                    if chunk.task_id and chunk.task_id == sess.task_id:
+                        self.results.put((sess.site, chunk.task_id,
+                                          f"site error: {chunk.data.decode(errors='replace')}"))
+                    continue
+                try:
+                    done = assembler.add(chunk)
+                    if done is None:
+                        continue
+                    result = decode_assembly(done)
+                    if not isinstance(result, FitRes | EvalRes) or result.node_id != sess.site:
+                        raise MessageError(f"expected a result of site {sess.site!r}, got "
+                                           f"{type(result).__name__} of "
+                                           f"{getattr(result, 'node_id', '?')!r}")
+                except MessageError as exc:
+                    log.warning("invalid message from site %s: %s", sess.site, exc)
+                    sess.outbox.put(control_chunk("error", text=str(exc), task_id=chunk.task_id))
+                    if chunk.task_id and chunk.task_id == sess.task_id:
+                        self.results.put((sess.site, chunk.task_id, f"invalid message: {exc}"))
+                    continue
+                with self.lock:
+                    if sess.task_id == done.task_id:
+                        sess.task_id = 0
+                self.results.put((sess.site, done.task_id, (result, len(done.buffer))))
+        except grpc.RpcError:
+            pass
+        finally:
+            self._drop(sess, "disconnected")

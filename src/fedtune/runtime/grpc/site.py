@@ -1,0 +1,229 @@
+"""A site's side of real deployment: ``fedtune join``.
+
+The site dials the coordinator (no inbound port), authenticates with its token (and client
+certificate under mutual TLS), receives the run's resolved config, builds the same model the
+simulation builds, and then answers tasks with the same :class:`Node` code as in simulation.
+If the connection drops, it reconnects by itself with capped exponential back-off; its node
+state (SCAFFOLD's control variate, DiLoCo's inner optimizer) is kept in a state file, so a
+restarted site carries on. Refusals (bad token, unknown site, bad certificate) end the site
+with a clear message instead of retrying forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ...config import config_from_dict
+from ...data.federated import NodeData
+from ...errors import FedtuneError, MessageError
+from ...node.node import Node, Workbench
+from ...types import EvalIns, FitIns
+from .fedtune_pb2 import Chunk
+from .fedtune_pb2_grpc import FederationStub
+from .security import read_file
+from .transfer import Assembler, control_chunk, decode_assembly, message_chunks
+
+log = logging.getLogger("fedtune.site")
+_END = object()
+
+
+@dataclass
+class SiteOptions:
+    server: str
+    site: str
+    data: str
+    token: str = ""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    state_dir: str = ""
+    chunk_kb: int = 1024
+    max_message_mb: int = 8192
+    max_backoff_s: float = 30.0
+    max_attempts: int = 0  # 0: retry for ever
+    task: str = ""
+    device: str = "auto"
+
+
+class Refused(FedtuneError):
+    """The coordinator refused this site (credentials, certificate, protocol)."""
+
+
+def load_site_data(spec: str, site: str, cfg: Any) -> NodeData:
+    """The site's private data: ``partition:NODE`` (that node's split of the config's bundled
+    dataset, as in simulation) or a ``.npz`` file with x_train, y_train, x_test, y_test."""
+    import numpy as np
+    import torch
+
+    if spec.startswith("partition:"):
+        from ...tasks import build_task
+
+        wanted = spec.split(":", 1)[1] or site
+        nodes = {n.node_id: n for n in build_task(cfg).data.nodes}
+        if wanted not in nodes:
+            raise FedtuneError(f"--data {spec!r}: the config's partition has no node {wanted!r}; "
+                               f"it has {', '.join(sorted(nodes)[:5])}...")
+        return nodes[wanted]
+    path = Path(spec)
+    if not path.is_file():
+        raise FedtuneError(f"--data {spec!r} is neither partition:NODE nor an existing .npz file")
+    try:
+        arrays = np.load(path)
+        parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except (OSError, ValueError, KeyError) as exc:
+        raise FedtuneError(f"--data {spec!r}: need an .npz with x_train, y_train, x_test, "
+                           f"y_test ({exc})") from None
+    return NodeData(site, torch.as_tensor(parts[0], dtype=torch.float32),
+                    torch.as_tensor(parts[1]).long(), torch.as_tensor(parts[2], dtype=torch.float32),
+                    torch.as_tensor(parts[3]).long())
+
+
+class Site:
+    """One site process: connect, answer tasks, reconnect, stop when the run ends."""
+
+    def __init__(self, options: SiteOptions) -> None:
+        self.o = options
+        self.node: Node | None = None
+        self.joined = False
+        self.bench: Workbench | None = None
+        self.state_path = (Path(options.state_dir) / f"{options.site}.state.pt"
+                           if options.state_dir else None)
+
+    def _channel(self) -> grpc.Channel:
+        size = self.o.chunk_kb * 1024 + 65536
+        opts = [("grpc.max_receive_message_length", max(size, 4 * 2**20)),
+                ("grpc.max_send_message_length", max(size, 4 * 2**20)),
+                ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+        if not self.o.ca:
+            return grpc.insecure_channel(self.o.server, options=opts)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read_file(self.o.ca, "--ca"),
+            private_key=read_file(self.o.key, "--key") if self.o.key else None,
+            certificate_chain=read_file(self.o.cert, "--cert") if self.o.cert else None)
+        return grpc.secure_channel(self.o.server, creds, options=opts)
+
+    def _setup(self, welcome: dict[str, Any]) -> None:
+        """Build the model and node from the coordinator's config (once per process)."""
+        import torch
+
+        from ...experiment import make_meter, resolve_device
+
+        if self.node is not None:
+            return
+        cfg = config_from_dict(welcome)
+        data = load_site_data(self.o.data, self.o.site, cfg)
+        if self.o.task:
+            from ...task import load_task_factory
+
+            task = load_task_factory(self.o.task)(cfg)
+        else:
+            from ...tasks import build_task
+
+            task = build_task(cfg)
+        device = resolve_device(self.o.device)
+        self.bench = Workbench.create(task, device, cfg.run.seed)
+        meter, co2 = make_meter(cfg)
+        self.node = Node(NodeData(self.o.site, data.x_train, data.y_train, data.x_test,
+                                  data.y_test), seed=cfg.run.seed, meter=meter,
+                         co2_per_joule=co2, device=device)
+        if self.state_path is not None and self.state_path.is_file():
+            self.node.load_state(self.state_path)
+            log.info("site %s: restored node state from %s", self.o.site, self.state_path)
+        torch.set_grad_enabled(True)
+
+    def _answer(self, msg: Any) -> Any:
+        assert self.node is not None and self.bench is not None
+        if isinstance(msg, FitIns):
+            res = self.node.fit(msg, self.bench)
+            if self.state_path is not None:
+                self.node.save_state(self.state_path)
+            return res
+        if isinstance(msg, EvalIns):
+            return self.node.evaluate(msg, self.bench)
+        raise MessageError(f"a site cannot answer a {type(msg).__name__}")
+
+    def session(self) -> bool:
+        """One connection. Returns True when the run ended, False to reconnect."""
+        outbox: queue.Queue[Any] = queue.Queue()
+
+        def requests() -> Iterator[Chunk]:
+            yield control_chunk("hello", site=self.o.site)
+            while True:
+                item = outbox.get()
+                if item is _END:
+                    return
+                yield from item
+
+        meta = (("x-fedtune-site", self.o.site), ("x-fedtune-token", self.o.token))
+        with self._channel() as channel:
+            stub = FederationStub(channel)  # type: ignore[no-untyped-call]
+            responses = stub.Session(requests(), metadata=meta)
+            assembler = Assembler(self.o.max_message_mb * 2**20)
+            try:
+                for chunk in responses:
+                    if chunk.kind == "welcome":
+                        self._setup(json.loads(chunk.data))
+                        self.joined = True
+                        log.info("site %s: joined the run", self.o.site)
+                    elif chunk.kind == "stop":
+                        log.info("site %s: the run is over", self.o.site)
+                        return True
+                    elif chunk.kind == "error":
+                        log.warning("coordinator says: %s", chunk.data.decode(errors="replace"))
+                        if chunk.task_id == 0:
+                            raise Refused(chunk.data.decode(errors="replace"))
+                    elif chunk.kind in ("fit", "evaluate"):
+                        done = assembler.add(chunk)
+                        if done is None:
+                            continue
+                        try:
+                            result = self._answer(decode_assembly(done))
+                        except MessageError as exc:
+                            outbox.put([control_chunk("error", text=str(exc),
+                                                      task_id=done.task_id)])
+                            continue
+                        outbox.put(message_chunks("result", result, task_id=done.task_id,
+                                                  round_=done.round, site=self.o.site,
+                                                  chunk_bytes=self.o.chunk_kb * 1024))
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    raise Refused(f"the coordinator refused site {self.o.site!r}: "
+                                  f"{exc.details()}") from None
+                self.last_error = f"{code.name}: {exc.details()}"
+                log.warning("site %s: connection lost (%s)", self.o.site, self.last_error)
+                return False
+            finally:
+                outbox.put(_END)
+                responses.cancel()
+        return False
+
+    def run(self) -> None:
+        """Serve until the coordinator says stop; reconnect with back-off in between."""
+        attempt, backoff = 0, 0.5
+        stop = threading.Event()
+        while True:
+            attempt += 1
+            self.joined = False
+            if self.session():
+                return
+            if self.joined:  # it worked until it broke: start the back-off afresh
+                attempt, backoff = 1, 0.5
+            if self.o.max_attempts and attempt >= self.o.max_attempts:
+                raise FedtuneError(f"site {self.o.site}: gave up after {attempt} attempts to "
+                                   f"reach {self.o.server}; last error: {self.last_error} (check "
+                                   "the address, --ca and the certificates' validity)")
+            wait = backoff * (0.5 + random.random())
+            log.info("site %s: reconnecting in %.1f s", self.o.site, wait)
+            stop.wait(wait)  # back-off between reconnects, not a polling loop
+            backoff = min(backoff * 2, self.o.max_backoff_s)
