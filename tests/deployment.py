@@ -1,0 +1,74 @@
+"""Starting real coordinator and site processes on loopback for the deployment tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .conftest import FEDTUNE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Federation:
+    """A coordinator process and site processes in one temporary folder."""
+
+    def __init__(self, root: Path, config: str, *, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.config = root / "config.toml"
+        self.config.write_text(config.replace("{address}", self.address)
+                               .replace("{workspace}", str(root / "ws")))
+        self.sites: dict[str, subprocess.Popen[str]] = {}
+        self.server: subprocess.Popen[str] | None = None
+
+    def serve(self, *extra: str) -> subprocess.Popen[str]:
+        log = (self.root / "serve.log").open("a")
+        self.server = subprocess.Popen(
+            [FEDTUNE, "serve", str(self.config), "--output", "json", *extra], cwd=self.root,
+            stdout=subprocess.PIPE, stderr=log, text=True, stdin=subprocess.DEVNULL)
+        return self.server
+
+    def join(self, site: str, *extra: str) -> subprocess.Popen[str]:
+        log = (self.root / f"{site}.log").open("a")
+        proc = subprocess.Popen(
+            [FEDTUNE, "join", "--server", self.address, "--site", site, *extra],
+            cwd=self.root, stdout=subprocess.DEVNULL, stderr=log, text=True,
+            stdin=subprocess.DEVNULL)
+        self.sites[site] = proc
+        return proc
+
+    def log(self, name: str = "serve") -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def wait_for_log(self, name: str, text: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log(name):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared in {name}.log:\n{self.log(name)[-3000:]}")
+
+    def finish(self, timeout: float = 240.0) -> str:
+        assert self.server is not None
+        out, _ = self.server.communicate(timeout=timeout)
+        for proc in self.sites.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return out
+
+    def close(self) -> None:
+        for proc in [*self.sites.values(), self.server]:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
