@@ -75,23 +75,28 @@ class GrpcRuntime(FederationServicer):
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                      ("grpc.keepalive_permit_without_calls", 1)])
         add_FederationServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
+        try:
+            self.port = self._listen(settings)
+        except RuntimeError:  # grpc raises when the port cannot be bound
+            self.port = 0
+        if self.port == 0:
+            raise FedtuneError(f"cannot listen on server.address = {settings.address!r} (in use "
+                               "or not an address of this machine)")
+        self.server.start()
+        log.info("listening on %s", settings.address)
+
+    def _listen(self, settings: ServerSection) -> int:
         if settings.tls_cert:
             ca = read_file(settings.client_ca, "server.client_ca") if settings.client_ca else None
             creds = grpc.ssl_server_credentials(
                 [(read_file(settings.tls_key, "server.tls_key"),
                   read_file(settings.tls_cert, "server.tls_cert"))],
                 root_certificates=ca, require_client_auth=ca is not None)
-            self.port = self.server.add_secure_port(settings.address, creds)
-        else:
-            if settings.client_ca:
-                raise FedtuneError("server.client_ca (mutual TLS) needs server.tls_cert and "
-                                   "server.tls_key too")
-            self.port = self.server.add_insecure_port(settings.address)
-        if self.port == 0:
-            raise FedtuneError(f"cannot listen on server.address = {settings.address!r} (in use "
-                               "or not an address of this machine)")
-        self.server.start()
-        log.info("listening on %s", settings.address)
+            return int(self.server.add_secure_port(settings.address, creds))
+        if settings.client_ca:
+            raise FedtuneError("server.client_ca (mutual TLS) needs server.tls_cert and "
+                               "server.tls_key too")
+        return int(self.server.add_insecure_port(settings.address))
 
     # -- Runtime interface ---------------------------------------------------------------
     @property

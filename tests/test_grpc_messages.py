@@ -1,0 +1,203 @@
+"""Malformed, oversized, NaN and wrong-shape messages over real gRPC: the sender gets a clear
+error, the coordinator logs it and keeps serving, and the store stays intact."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+
+import grpc
+import pytest
+import torch
+
+from fedtune.config import ServerSection, load_config
+from fedtune.runtime.grpc import SCHEMA_VERSION
+from fedtune.runtime.grpc.fedtune_pb2 import Chunk
+from fedtune.runtime.grpc.fedtune_pb2_grpc import FederationStub
+from fedtune.runtime.grpc.server import GrpcRuntime
+from fedtune.runtime.grpc.transfer import Assembler, control_chunk, decode_assembly, message_chunks
+from fedtune.store import RunStore
+from fedtune.types import FitIns, FitRes, NodeFailure
+
+from .deployment import Federation, free_port
+
+
+class RawSite:
+    """A hand-driven client that can send anything."""
+
+    def __init__(self, address: str, site: str, hello: Chunk | None = None) -> None:
+        self.outbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue = queue.Queue()
+        self.channel = grpc.insecure_channel(address)
+        self.outbox.put(hello or control_chunk("hello", site=site))
+
+        def requests():
+            while (item := self.outbox.get()) is not None:
+                yield item
+
+        self.responses = FederationStub(self.channel).Session(
+            requests(), metadata=(("x-fedtune-site", site),))
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for chunk in self.responses:
+                self.inbox.put(chunk)
+        except grpc.RpcError:
+            pass
+        self.inbox.put(None)
+
+    def next_message(self):
+        asm = Assembler(2**30)
+        while True:
+            chunk = self.inbox.get(timeout=30)
+            if chunk is None or chunk.kind in ("welcome", "error", "stop"):
+                return chunk
+            done = asm.add(chunk)
+            if done is not None:
+                return done
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.responses.cancel()
+        self.channel.close()
+
+
+@pytest.fixture
+def server():
+    cfg = load_config(None, ["data.num_nodes=2"])
+    address = f"127.0.0.1:{free_port()}"
+    runtime = GrpcRuntime(ServerSection(address=address, insecure_no_auth=True,
+                                        round_deadline_s=20, max_message_mb=1),
+                          welcome=cfg.model_dump(exclude={"server"}), expected_bytes=64 * 1024)
+    yield runtime, address
+    runtime.close()
+
+
+def _fit_in_background(runtime, sites):
+    replies: queue.Queue = queue.Queue()
+    ins = FitIns(1, torch.zeros(10), {"lr": 0.1})
+
+    def go():
+        for reply in runtime.fit(sites, ins):
+            replies.put(reply)
+
+    threading.Thread(target=go, daemon=True).start()
+    return replies
+
+
+def _good_result(task_id, update=None):
+    res = FitRes("raw", 1, torch.zeros(10) if update is None else update, 5, 1, 0.5)
+    return list(message_chunks("result", res, task_id=task_id, round_=1, chunk_bytes=4096,
+                               site="raw"))
+
+
+BAD = {
+    "malformed": lambda tid: [Chunk(kind="result", task_id=tid, total_bytes=9, first=True,
+                                    last=True, schema_version=SCHEMA_VERSION, data=b"garbage!!")],
+    "oversized": lambda tid: [Chunk(kind="result", task_id=tid, total_bytes=10 * 2**30,
+                                    first=True, last=False, schema_version=SCHEMA_VERSION,
+                                    data=b"x")],
+    "NaN": lambda tid: _good_result(tid, torch.full((10,), float("nan"))),
+    "truncated": lambda tid: [Chunk(kind="result", task_id=tid, total_bytes=100, first=True,
+                                    last=True, schema_version=SCHEMA_VERSION, data=b"x" * 10)],
+    "schema version": lambda tid: [Chunk(kind="result", task_id=tid, total_bytes=1, first=True,
+                                         last=True, schema_version=99, data=b"x")],
+}
+EXPECTED = {"malformed": "bad magic", "oversized": "exceeds the limit", "NaN": "NaN",
+            "truncated": "ended after", "schema version": "schema version 99"}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_result_is_refused_with_a_reason_and_serving_goes_on(server, case):
+    runtime, address = server
+    raw = RawSite(address, "raw")
+    try:
+        assert raw.next_message().kind == "welcome"
+        assert runtime.wait_for_nodes(1) == ["raw"]
+        replies = _fit_in_background(runtime, ["raw"])
+        task = raw.next_message()
+        for chunk in BAD[case](task.task_id):
+            raw.outbox.put(chunk)
+        error = raw.next_message()
+        assert error.kind == "error" and EXPECTED[case] in error.data.decode()
+        reply = replies.get(timeout=30)
+        assert isinstance(reply.result, NodeFailure) and EXPECTED[case] in reply.result.reason
+        # the same session still works: the next round's good answer is accepted
+        replies = _fit_in_background(runtime, ["raw"])
+        task = raw.next_message()
+        assert isinstance(decode_assembly(task), FitIns)
+        for chunk in _good_result(task.task_id):
+            raw.outbox.put(chunk)
+        reply = replies.get(timeout=30)
+        assert isinstance(reply.result, FitRes) and reply.bytes_up > 0
+    finally:
+        raw.close()
+
+
+def test_wrong_hello_gets_an_error(server):
+    _, address = server
+    raw = RawSite(address, "raw", hello=control_chunk("hello", site="someone-else"))
+    try:
+        msg = raw.next_message()
+        assert msg.kind == "error" and "expected hello" in msg.data.decode()
+    finally:
+        raw.close()
+
+
+def test_wrong_shape_update_is_dropped_by_the_coordinator(tmp_path):
+    """A site process whose updates have the wrong length: the run goes on without it."""
+    fed = Federation(tmp_path, """
+[run]
+rounds = 2
+workspace = "{workspace}"
+[data]
+num_nodes = 2
+[strategy]
+min_nodes = 2
+[server]
+address = "{address}"
+insecure_no_auth = true
+""")
+    try:
+        fed.serve()
+        fed.join("node-0")
+        raw = None
+        fed.wait_for_log("serve", "site node-0 joined")
+        raw = RawSite(fed.address, "node-1")
+        assert raw.next_message().kind == "welcome"
+        for round_ in (1, 2):
+            task = raw.next_message()
+            res = FitRes("node-1", round_, torch.zeros(3), 5, 1, 0.5)
+            for chunk in message_chunks("result", res, task_id=task.task_id, round_=round_,
+                                        chunk_bytes=4096, site="node-1"):
+                raw.outbox.put(chunk)
+        raw.next_message()  # the evaluation task; leave it unanswered until the deadline
+        raw.close()
+        out = json.loads(fed.finish())
+        assert out["status"] == "complete"
+        assert "update has shape (3,)" in fed.log("serve")
+        data = RunStore(tmp_path / "ws").load_run("last")
+        assert [r["failed"] for r in data["rounds"]] == [1, 1]
+    finally:
+        fed.close()
+
+
+def test_serve_reports_a_busy_port(tmp_path):
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        fed = Federation(tmp_path, """
+[run]
+workspace = "{workspace}"
+[server]
+address = "{address}"
+insecure_no_auth = true
+""", port=port)
+        proc = fed.serve()
+        proc.wait(timeout=120)
+    assert proc.returncode == 2
+    assert "cannot listen on server.address" in fed.log("serve")
