@@ -1,12 +1,11 @@
-from typing import ClassVar as _ClassVar
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Chunk(_message.Message):
-    __slots__ = ("data", "first", "kind", "last", "round", "schema_version", "site", "task_id", "total_bytes")
+    __slots__ = ("kind", "task_id", "round", "total_bytes", "first", "last", "schema_version", "site", "data")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -25,4 +24,4 @@ class Chunk(_message.Message):
     schema_version: int
     site: str
     data: bytes
-    def __init__(self, kind: str | None = ..., task_id: int | None = ..., round: int | None = ..., total_bytes: int | None = ..., first: bool | None = ..., last: bool | None = ..., schema_version: int | None = ..., site: str | None = ..., data: bytes | None = ...) -> None: ...
+    def __init__(self, kind: _Optional[str] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., total_bytes: _Optional[int] = ..., first: _Optional[bool] = ..., last: _Optional[bool] = ..., schema_version: _Optional[int] = ..., site: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
