@@ -274,9 +274,9 @@ class Coordinator:
         final = self._evaluate_central()
         hist = self.state.history
         ledgers = pre + eval_ledger
-        acc_g = {k: v.metrics.get("accuracy", float("nan")) for k, v in evals.items()}
-        acc_p = {k: v.metrics.get("accuracy_personalized", float("nan"))
-                 for k, v in evals.items()}
+        ordered = sorted(evals.items())  # arrival order differs by runtime; sums must not
+        acc_g = {k: v.metrics.get("accuracy", float("nan")) for k, v in ordered}
+        acc_p = {k: v.metrics.get("accuracy_personalized", float("nan")) for k, v in ordered}
         result = RunResult(
             run_id=self.run_id, rounds=hist, final_test_loss=final["loss"],
             final_test_accuracy=final.get("accuracy", float("nan")),

@@ -16,6 +16,7 @@ from .coordinator import Coordinator
 from .energy import EnergyMeter, carbon_intensity
 from .errors import ConfigError
 from .node.node import Node, Workbench
+from .runtime.base import Runtime
 from .runtime.inprocess import InProcessRuntime
 from .store import RunStore
 from .task import Task
@@ -65,9 +66,19 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
         raise ConfigError(f"strategy: {exc}") from None
     meter, co2_per_joule = make_meter(cfg)
     bench = Workbench.create(task, device, cfg.run.seed)
-    nodes = [Node(d, seed=cfg.run.seed, meter=meter, co2_per_joule=co2_per_joule, device=device)
-             for d in task.data.nodes]
-    runtime = InProcessRuntime(nodes, bench)
+    runtime: Runtime
+    if cfg.runtime.kind == "ray":
+        from .runtime.ray import RayRuntime
+
+        r = cfg.runtime
+        runtime = RayRuntime(task, seed=cfg.run.seed, device=str(device),
+                             energy=cfg.energy.model_dump(), address=r.ray_address,
+                             actors=r.ray_actors, cpus_per_actor=r.ray_cpus_per_actor,
+                             gpus_per_actor=r.ray_gpus_per_actor)
+    else:
+        nodes = [Node(d, seed=cfg.run.seed, meter=meter, co2_per_joule=co2_per_joule,
+                      device=device) for d in task.data.nodes]
+        runtime = InProcessRuntime(nodes, bench)
     owned = store is True
     run_store = RunStore(cfg.run.workspace) if store is True else (store or None)
     run_id = run_store.start_run(cfg.run.name, cfg.model_dump()) if run_store else "unsaved"
