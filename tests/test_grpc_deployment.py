@@ -150,3 +150,23 @@ def test_a_site_that_never_answers_misses_the_deadline(federation, tmp_path):
     assert "missed the round deadline" in fed.log("serve")
     data = RunStore(tmp_path / "ws").load_run("last")
     assert all(r["nodes"] == 2 for r in data["rounds"])
+
+
+def test_straggler_update_is_kept_with_staleness_weight(federation, tmp_path):
+    text = config(rounds=4, strategy="fedavg", min_nodes=2, deadline=3).replace(
+        "round_deadline_s = 3", "round_deadline_s = 3\nstragglers = \"stale\"")
+    fed = federation(text)
+    fed.serve()
+    for i in range(3):
+        fed.join(f"node-{i}")
+    fed.wait_for_log("serve", "round 1:")
+    os.kill(fed.sites["node-2"].pid, signal.SIGSTOP)
+    fed.wait_for_log("serve", "site node-2 missed the round deadline")
+    os.kill(fed.sites["node-2"].pid, signal.SIGCONT)
+    summary = json.loads(fed.finish())
+    assert summary["status"] == "complete"
+    assert "kept a late update from node-2" in fed.log("serve")
+    assert "late update of node-2 from round" in fed.log("serve")
+    data = RunStore(tmp_path / "ws").load_run("last")
+    late = [n for n in data["node_metrics"] if n["phase"] == "late"]
+    assert late and all(n["node_id"] == "node-2" and n["bytes_up"] > 0 for n in late)

@@ -141,6 +141,8 @@ class ServerSection(Section):
     tokens: str = ""
     insecure_no_auth: bool = False
     round_deadline_s: float = Field(600.0, gt=0)
+    stragglers: Literal["drop", "stale"] = "drop"
+    staleness_exponent: float = Field(0.5, ge=0)
     wait_for_sites_s: float = Field(600.0, gt=0)
     chunk_kb: int = Field(1024, ge=16, le=3072)
     max_message_mb: int = Field(8192, ge=1)

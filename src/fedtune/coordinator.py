@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,7 +162,9 @@ class Coordinator:
         # Runtimes deliver in arrival order; aggregate in selection order so every runtime
         # sums the same numbers in the same order (bitwise-equal results).
         ok.sort(key=lambda r: order[r.node_id])
-        ledger.append(self._server_meter(round_, "aggregate", lambda: self._aggregate(ok)))
+        late = self._late_updates(round_, ledger)
+        ledger.append(self._server_meter(round_, "aggregate",
+                                         lambda: self._aggregate(ok, late)))
         if cfg.central.steps_between_rounds and len(self.y_central):
             ledger.append(self._server_meter(
                 round_, "central",
@@ -195,17 +197,51 @@ class Coordinator:
             self.on_round(record)
         return record
 
-    def _aggregate(self, ok: list[FitRes]) -> int:
+    def _late_updates(self, round_: int,
+                      ledger: list[NodeRoundRecord]) -> list[tuple[FitRes, float]]:
+        """Stragglers' updates from earlier rounds, with staleness weights (1 + tau)^-a, when
+        the runtime keeps them (gRPC with server.stragglers = "stale").
+
+        References:
+            Xie et al. 2019, "Asynchronous Federated Optimization" (polynomial staleness).
+        """
+        take = getattr(self.runtime, "take_late", None)
+        if take is None or self.cfg.server.stragglers != "stale":
+            return []
+        out = []
+        for res, bytes_up in sorted(take(), key=lambda item: (item[0].round, item[0].node_id)):
+            problem = self._valid(res)
+            if problem is None and res.round >= round_:
+                problem = f"claims round {res.round} during round {round_}"
+            if problem is not None:
+                log.warning("round %d: dropped late update of %s: %s", round_, res.node_id,
+                            problem)
+                continue
+            tau = round_ - res.round
+            factor = (1.0 + tau) ** -self.cfg.server.staleness_exponent
+            log.info("round %d: late update of %s from round %d, weight x %.3f", round_,
+                     res.node_id, res.round, factor)
+            out.append((res, factor))
+            m = res.meter
+            ledger.append(NodeRoundRecord(round_, res.node_id, "late", res.num_examples,
+                                          res.num_steps, res.train_loss, m.wall_s, m.cpu_s, 0,
+                                          bytes_up, m.energy_j, m.co2_g, m.energy_method))
+        return out
+
+    def _aggregate(self, ok: list[FitRes], late: Sequence[tuple[FitRes, float]] = ()) -> int:
         st = self.state
+        factors = [1.0] * len(ok) + [f for _, f in late]
+        ok = ok + [r for r, _ in late]
         if len(ok) < self.cfg.strategy.min_nodes:
             log.warning("round %d: only %d valid updates, strategy.min_nodes = %d; the global "
                         "model is unchanged", st.round + 1, len(ok), self.cfg.strategy.min_nodes)
             return 0
         updates = torch.stack([r.update for r in ok])
         if self.cfg.strategy.weighting == "examples":
-            weights = torch.tensor([float(r.num_examples) for r in ok])
+            weights = torch.tensor([float(r.num_examples) * f for r, f in zip(ok, factors,
+                                                                                strict=True)])
         else:
-            weights = torch.ones(len(ok))
+            weights = torch.tensor(factors)
         steps = torch.tensor([float(r.num_steps) for r in ok])
         st.params, st.opt_state = server_step(self.strategy, st.params, updates,
                                               weights.to(updates.device),

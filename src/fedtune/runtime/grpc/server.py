@@ -65,6 +65,7 @@ class GrpcRuntime(FederationServicer):
         self.sessions: dict[str, SiteSession] = {}
         self.lock = threading.Condition()
         self.results: queue.Queue[tuple[str, int, Any]] = queue.Queue()
+        self.late: list[tuple[FitRes, int]] = []
         self.task_ids = itertools.count(1)
         self.generations = itertools.count(1)
         self.server = grpc.server(
@@ -158,7 +159,7 @@ class GrpcRuntime(FederationServicer):
             except queue.Empty:
                 break
             if waiting.get(task_id) != site:
-                log.warning("dropped a late or unexpected result from %s (task %d)", site, task_id)
+                self._late(site, task_id, payload)
                 continue
             del waiting[task_id]
             if isinstance(payload, tuple):  # (result, bytes up)
@@ -175,6 +176,21 @@ class GrpcRuntime(FederationServicer):
             yield Reply(NodeFailure(site, ins.round, "missed the round deadline of "
                                     f"{self.settings.round_deadline_s:g} s "
                                     "(server.round_deadline_s)"), down, 0)
+
+    def _late(self, site: str, task_id: int, payload: Any) -> None:
+        result = payload[0] if isinstance(payload, tuple) else None
+        if self.settings.stragglers == "stale" and isinstance(result, FitRes):
+            log.info("kept a late update from %s (round %d) for the next aggregation", site,
+                     result.round)
+            self.late.append((result, int(payload[1])))
+        else:
+            log.warning("dropped a late or unexpected result from %s (task %d)", site, task_id)
+
+    def take_late(self) -> list[tuple[FitRes, int]]:
+        """Late updates (with their bytes up) kept since the last call
+        (``server.stragglers = "stale"``)."""
+        late, self.late = self.late, []
+        return late
 
     # -- the Session RPC -----------------------------------------------------------------
     def _authenticate(self, context: grpc.ServicerContext) -> str:
