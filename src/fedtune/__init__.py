@@ -1,17 +1,30 @@
 """fedtune: hybrid centralized-decentralized fine-tuning.
 
 The public API: build a config (:func:`load_config`), optionally your own :class:`Task`
-(:func:`make_task`), and :func:`run` it. Everything else lives in submodules.
+(:func:`make_task`), and :func:`run` it. Everything else lives in submodules. Names are
+imported on first use, so ``fedtune join`` can configure threading before torch loads.
 """
 
-from .config import RunConfig, load_config
-from .errors import ConfigError, DataError, FedtuneError, MessageError, StoreError
-from .experiment import run
-from .store import RunStore
-from .task import Task, make_task, node_data
-from .types import FairnessSummary, ParamSpec, RoundRecord, RunResult
+from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "FairnessSummary", "FedtuneError", "MessageError",
-           "ParamSpec", "RoundRecord", "RunConfig", "RunResult", "RunStore", "StoreError", "Task",
-           "load_config", "make_task", "node_data", "run"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "RunConfig": "config", "load_config": "config",
+    "ConfigError": "errors", "DataError": "errors", "FedtuneError": "errors",
+    "MessageError": "errors", "StoreError": "errors",
+    "run": "experiment", "serve": "experiment",
+    "RunStore": "store",
+    "Task": "task", "make_task": "task", "node_data": "task",
+    "FairnessSummary": "types", "ParamSpec": "types", "RoundRecord": "types",
+    "RunResult": "types",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'fedtune' has no attribute {name!r}")

@@ -130,8 +130,18 @@ def join(
     task: Annotated[str, typer.Option(help="module:function building a custom Task")] = "",
     max_attempts: Annotated[int, typer.Option(help="give up after N failed connects; 0 never")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch threads; 0 = torch's default")] = 0,
 ) -> None:
     """Join a federation as a site: connect out, train on local data, send updates."""
+    import os
+
+    # A site idles between rounds: let OpenMP threads sleep instead of spinning, which on a
+    # shared machine steals the cores other sites need (and costs energy). Set before torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from .runtime.grpc.security import token_for
     from .runtime.grpc.site import Site, SiteOptions
 

@@ -66,6 +66,10 @@ class GrpcRuntime(FederationServicer):
         self.lock = threading.Condition()
         self.results: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self.late: list[tuple[FitRes, int]] = []
+        # Bounds the receive buffers alive at once (each is a whole message): with a large
+        # model, uploads then queue in gRPC's flow control instead of in coordinator memory.
+        limit = settings.max_concurrent_uploads
+        self.upload_slots = threading.BoundedSemaphore(limit) if limit else None
         self.task_ids = itertools.count(1)
         self.generations = itertools.count(1)
         self.server = grpc.server(
@@ -262,8 +266,15 @@ class GrpcRuntime(FederationServicer):
 
     def _read(self, sess: SiteSession, requests: Iterator[Chunk]) -> None:
         assembler = Assembler(self.max_bytes)
+        holding = False
         try:
             for chunk in requests:
+                if chunk.first and self.upload_slots is not None and not holding:
+                    self.upload_slots.acquire()
+                    holding = True
+                if chunk.last and holding and self.upload_slots is not None:
+                    holding = False
+                    self.upload_slots.release()
                 if chunk.kind == "error":
                     log.warning("site %s reports: %s", sess.site, chunk.data.decode(errors="replace"))
                     if chunk.task_id and chunk.task_id == sess.task_id:
@@ -292,4 +303,6 @@ class GrpcRuntime(FederationServicer):
         except grpc.RpcError:
             pass
         finally:
+            if holding and self.upload_slots is not None:
+                self.upload_slots.release()
             self._drop(sess, "disconnected")
