@@ -124,6 +124,23 @@ class EvaluationSection(Section):
     personalize_lr: float | None = Field(None, gt=0)
 
 
+class CompressionSection(Section):
+    """Update compression, e.g. uplink = "topk:0.01" with error feedback, or "topk:0.1+q4"."""
+
+    uplink: str = ""
+    downlink: str = ""
+    error_feedback: bool = True
+    block: int = Field(256, ge=1)
+
+    @field_validator("uplink", "downlink")
+    @classmethod
+    def _spec(cls, v: str) -> str:
+        from .algorithms.compression import CompressionSpec
+
+        CompressionSpec.parse(v)
+        return v
+
+
 class EnergySection(Section):
     enabled: bool = True
     country: str = "WORLD"
@@ -176,6 +193,7 @@ class RunConfig(Section):
     central: CentralSection = CentralSection()
     evaluation: EvaluationSection = EvaluationSection()
     energy: EnergySection = EnergySection()
+    compression: CompressionSection = CompressionSection()
     server: ServerSection = ServerSection()
     runtime: RuntimeSection = RuntimeSection()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .algorithms.compression import pack_vector, unpack_vector
 from .algorithms.fairness import fairness_summary
 from .algorithms.strategy import Strategy, scaffold_control_step, server_step
 from .config import RunConfig
@@ -78,7 +79,10 @@ class Coordinator:
             params=params, opt_state=strategy.server_opt.init(params),
             control=torch.zeros_like(params) if strategy.scaffold else None)
         local = cfg.local.model_dump()
-        self.node_config = {**local, **strategy.node_plan}
+        comp = cfg.compression
+        uplink = {"uplink": comp.uplink, "error_feedback": comp.error_feedback,
+                  "block": comp.block} if comp.uplink else {}
+        self.node_config = {**local, **strategy.node_plan, **uplink}
         data = bench.task.data
         self.x_central, self.y_central = (data.x_central.to(bench.flat.device),
                                           data.y_central.to(bench.flat.device))
@@ -113,6 +117,29 @@ class Coordinator:
                               task.metrics_fn)
 
     # -- one round -----------------------------------------------------------------------
+    def _fit_instruction(self, round_: int, aux: dict[str, torch.Tensor]) -> FitIns:
+        comp, params = self.cfg.compression, self.state.params
+        if not comp.downlink:
+            return FitIns(round_, params, dict(self.node_config), aux)
+        packed, encoding, _ = pack_vector(params, comp.downlink, block=comp.block,
+                                          seed=derived_seed(self.cfg.run.seed, round_, "down"))
+        return FitIns(round_, params.new_zeros(0), dict(self.node_config), {**aux, **packed},
+                      encoding)
+
+    def _decoded(self, res: FitRes) -> FitRes | str:
+        """The result with its update decompressed (or why it cannot be)."""
+        if not res.encoding:
+            return res
+        try:
+            dense = unpack_vector(res.aux, res.encoding, numel=self.state.params.numel(),
+                                  seed=derived_seed(self.cfg.run.seed, res.round, res.node_id,
+                                                    "up"))
+        except (ValueError, KeyError, RuntimeError) as exc:
+            return f"compressed update cannot be decoded: {exc}"
+        aux = {k: v for k, v in res.aux.items() if not k.startswith("packed.")}
+        return FitRes(res.node_id, res.round, dense.to(self.state.params.device),
+                      res.num_examples, res.num_steps, res.train_loss, aux, res.meter)
+
     def _valid(self, res: FitRes) -> str | None:
         if res.update.shape != self.state.params.shape:
             return f"update has shape {tuple(res.update.shape)}, expected " \
@@ -131,12 +158,16 @@ class Coordinator:
                                 min_nodes=cfg.strategy.min_nodes)
         aux = {"scaffold_c": st.control} if st.control is not None else {}
         order = {node_id: i for i, node_id in enumerate(selected)}
-        ins = FitIns(round_, st.params, dict(self.node_config), aux)
+        ins = self._fit_instruction(round_, aux)
         ok: list[FitRes] = []
         failed: list[str] = []
         ledger: list[NodeRoundRecord] = []
         for reply in self.runtime.fit(selected, ins):
             res = reply.result
+            if isinstance(res, FitRes):
+                decoded = self._decoded(res)
+                res = decoded if isinstance(decoded, FitRes) else NodeFailure(
+                    res.node_id, res.round, decoded)
             problem = res.reason if isinstance(res, NodeFailure) else (
                 self._valid(res) if isinstance(res, FitRes) else "answered with the wrong kind")
             node_id = res.node_id

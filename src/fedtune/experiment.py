@@ -38,6 +38,7 @@ def make_meter(cfg: RunConfig) -> tuple[EnergyMeter, float]:
     meter = EnergyMeter(tdp_watts=e.tdp_watts or None, use_rapl=e.rapl)
     if not e.enabled:
         meter.watts_per_thread, meter.rapl, meter.method = 0.0, [], "disabled"
+        meter.code = "disabled"
     return meter, carbon_intensity(e.country) / 3.6e6
 
 

@@ -56,6 +56,7 @@ class FitIns:
     params: torch.Tensor
     config: dict[str, Scalar] = field(default_factory=dict)
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoding: str = ""  # compression spec of params (then packed in aux), "" = dense float32
 
 
 @dataclass
@@ -81,6 +82,7 @@ class FitRes:
     train_loss: float
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
     meter: NodeMeter = field(default_factory=NodeMeter)
+    encoding: str = ""  # compression spec of the update (then packed in aux), "" = dense
 
 
 @dataclass

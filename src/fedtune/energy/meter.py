@@ -99,6 +99,8 @@ class EnergyMeter:
             self.watts_per_thread = tdp / threads
             source = f"{tdp:g} W TDP / {threads} threads, {model}"
         self.method = "rapl" if self.rapl else f"tdp-estimate ({source})"
+        # what travels with every result: short, the full description stays in the run
+        self.code = "rapl" if self.rapl else f"tdp:{self.watts_per_thread:.3g}W/thread"
 
     def _read(self) -> list[int]:
         return [int(p.read_text()) for p in self.rapl]

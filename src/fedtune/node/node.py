@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..algorithms.compression import pack_vector, unpack_vector
 from ..data.federated import NodeData
 from ..energy import EnergyMeter
 from ..params import FlatModel
@@ -66,8 +67,12 @@ class Node:
     def _metered(self, wall0: float, cpu0: float, token: list[int]) -> NodeMeter:
         cpu = time.process_time() - cpu0
         joules = self.meter.stop(token, cpu)
-        return NodeMeter(wall_s=time.perf_counter() - wall0, cpu_s=cpu, energy_j=joules,
-                         co2_g=joules * self.co2_per_joule, energy_method=self.meter.method)
+        def short(x: float) -> float:  # 4 significant digits keep message headers small
+            return float(f"{x:.4g}")
+
+        return NodeMeter(wall_s=short(time.perf_counter() - wall0), cpu_s=short(cpu),
+                         energy_j=short(joules), co2_g=short(joules * self.co2_per_joule),
+                         energy_method=self.meter.code)
 
     def save_state(self, path: Path) -> None:
         """Persist what the node keeps between rounds (atomic rename)."""
@@ -94,6 +99,11 @@ class Node:
             self._state_before_last_fit = copy.deepcopy(self.state)
             self.last_fit_round = ins.round
         flat, plan = bench.flat, LocalPlan.from_config(ins.config)
+        if ins.encoding:  # a compressed broadcast: train from what it decodes to
+            ins = FitIns(ins.round, unpack_vector(
+                ins.aux, ins.encoding, numel=flat.spec.numel,
+                seed=derived_seed(self.seed, ins.round, "down")).to(flat.device),
+                ins.config, ins.aux)
         flat.load_(ins.params)
         correction = None
         control = ins.aux.get("scaffold_c")
@@ -123,8 +133,20 @@ class Node:
             self.state["scaffold_ci"] = new_ci
         if plan.keep_optimizer_state:
             self.state["optimizer"] = opt_state
+        encoding = ""
+        uplink = str(ins.config.get("uplink", ""))
+        if uplink:
+            ef = bool(ins.config.get("error_feedback", False))
+            packed, encoding, residual = pack_vector(
+                update, uplink, block=int(ins.config.get("block", 256)),
+                seed=derived_seed(self.seed, ins.round, self.node_id, "up"),
+                residual=self.state.get("ef_residual"), error_feedback=ef)
+            if ef:
+                self.state["ef_residual"] = residual
+            aux.update(packed)
+            update = update.new_zeros(0)
         return FitRes(self.node_id, ins.round, update, examples, steps, loss, aux,
-                      self._metered(wall0, cpu0, token))
+                      self._metered(wall0, cpu0, token), encoding)
 
     def evaluate(self, ins: EvalIns, bench: Workbench) -> EvalRes:
         """Metrics of the global model on the node's test split, and (when

@@ -35,6 +35,7 @@ class _NodeHost:
         meter = EnergyMeter(tdp_watts=energy["tdp_watts"] or None, use_rapl=energy["rapl"])
         if not energy["enabled"]:
             meter.watts_per_thread, meter.rapl, meter.method = 0.0, [], "disabled"
+            meter.code = "disabled"
         co2 = carbon_intensity(energy["country"]) / 3.6e6
         self.bench = Workbench.create(task, dev, seed)
         self.nodes = {d.node_id: Node(d, seed=seed, meter=meter, co2_per_joule=co2, device=dev)
