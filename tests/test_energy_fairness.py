@@ -52,6 +52,6 @@ def test_run_energy_and_co2_follow_the_country():
     ratio = carbon_intensity("POL") / carbon_intensity("FRA")
     # same work, different grid: CO2 per joule scales with the grid's intensity
     assert (pol.total_co2_g / pol.total_energy_j) == pytest.approx(
-        ratio * fra.total_co2_g / fra.total_energy_j, rel=1e-6)
+        ratio * fra.total_co2_g / fra.total_energy_j, rel=2e-3)  # 4 significant digits
     off = run(small_config("energy.enabled=false"), store=False)
     assert off.total_energy_j == 0 and off.energy_method == "disabled"
