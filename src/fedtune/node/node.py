@@ -105,6 +105,7 @@ class Node:
                 seed=derived_seed(self.seed, ins.round, "down")).to(flat.device),
                 ins.config, ins.aux)
         flat.load_(ins.params)
+        torch.manual_seed(derived_seed(self.seed, ins.round, self.node_id, "model"))  # dropout
         correction = None
         control = ins.aux.get("scaffold_c")
         if control is not None:
