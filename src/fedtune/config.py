@@ -118,6 +118,7 @@ class CentralSection(Section):
     pretrain_steps: int = Field(0, ge=0)
     steps_between_rounds: int = Field(0, ge=0)
     lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     batch_size: int = Field(32, ge=1)
 
 

@@ -101,7 +101,8 @@ class Coordinator:
 
     def _central_train(self, round_: int, steps: int) -> int:
         c = self.cfg.central
-        plan = LocalPlan(steps=steps, batch_size=c.batch_size, lr=c.lr)
+        plan = LocalPlan(steps=steps, batch_size=c.batch_size, lr=c.lr, optimizer=c.optimizer,
+                         momentum=0.0)
         flat = self.bench.flat
         flat.load_(self.state.params)
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.run.seed, "central", round_))
