@@ -78,7 +78,7 @@ class GrpcRuntime(FederationServicer):
                      ("grpc.max_send_message_length", self.chunk_bytes + 65536),
                      ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                     ("grpc.keepalive_permit_without_calls", 1)])
+                     ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.bdp_probe", 0)])
         add_FederationServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
         try:
             self.port = self._listen(settings)
@@ -167,9 +167,12 @@ class GrpcRuntime(FederationServicer):
                 continue
             del waiting[task_id]
             if isinstance(payload, tuple):  # (result, bytes up)
-                yield Reply(payload[0], down, payload[1])
+                reply = Reply(payload[0], down, payload[1])
             else:
-                yield Reply(NodeFailure(site, ins.round, str(payload)), down, 0)
+                reply = Reply(NodeFailure(site, ins.round, str(payload)), down, 0)
+            del payload  # the consumer decides how long a (large) result lives
+            yield reply
+            del reply
         with self.lock:
             for task_id, site in waiting.items():
                 sess = self.sessions.get(site)
@@ -300,6 +303,9 @@ class GrpcRuntime(FederationServicer):
                     if sess.task_id == done.task_id:
                         sess.task_id = 0
                 self.results.put((sess.site, done.task_id, (result, len(done.buffer))))
+                # drop this thread's references: a large model's buffer must die with its
+                # consumer, not live on here until the next message
+                del done, result
         except grpc.RpcError:
             pass
         finally:
