@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .algorithms.strategy import build_strategy
+from .algorithms.strategy import Strategy, build_strategy
 from .config import RunConfig, config_from_dict
 from .coordinator import Coordinator
 from .energy import EnergyMeter, carbon_intensity
@@ -42,6 +42,22 @@ def make_meter(cfg: RunConfig) -> tuple[EnergyMeter, float]:
     return meter, carbon_intensity(e.country) / 3.6e6
 
 
+def _assemble(cfg: RunConfig, task: Task | None,
+              ) -> tuple[Task, Strategy, Workbench, EnergyMeter, float]:
+    """What every runtime's coordinator needs: task, strategy, model, energy meter."""
+    device = resolve_device(cfg.run.device)
+    if task is None:
+        from .tasks import build_task
+
+        task = build_task(cfg)
+    try:
+        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params())
+    except ValueError as exc:
+        raise ConfigError(f"strategy: {exc}") from None
+    meter, co2_per_joule = make_meter(cfg)
+    return task, strategy, Workbench.create(task, device, cfg.run.seed), meter, co2_per_joule
+
+
 def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None = None,
         store: RunStore | bool | None = True,
         on_round: Callable[[RoundRecord], None] | None = None,
@@ -56,17 +72,8 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
         on_start: called with the run id and the number of rounds before round 1.
     """
     cfg = config if isinstance(config, RunConfig) else config_from_dict(config or {})
-    device = resolve_device(cfg.run.device)
-    if task is None:
-        from .tasks import build_task
-
-        task = build_task(cfg)
-    try:
-        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params())
-    except ValueError as exc:
-        raise ConfigError(f"strategy: {exc}") from None
-    meter, co2_per_joule = make_meter(cfg)
-    bench = Workbench.create(task, device, cfg.run.seed)
+    task, strategy, bench, meter, co2_per_joule = _assemble(cfg, task)
+    device = bench.flat.device
     runtime: Runtime
     if cfg.runtime.kind == "ray":
         from .runtime.ray import RayRuntime
@@ -119,16 +126,7 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
         stored = store.load_run(run_id)["config"]
         cfg = config_from_dict({**stored, "server": cfg.server.model_dump()})
         saved = store.latest_state(run_id)
-    device = resolve_device(cfg.run.device)
-    from .tasks import build_task
-
-    task = build_task(cfg)
-    try:
-        strategy = build_strategy(cfg.strategy.name, cfg.strategy.params())
-    except ValueError as exc:
-        raise ConfigError(f"strategy: {exc}") from None
-    meter, co2_per_joule = make_meter(cfg)
-    bench = Workbench.create(task, device, cfg.run.seed)
+    _, strategy, bench, meter, co2_per_joule = _assemble(cfg, None)
     numel = bench.flat.spec.numel
     welcome = cfg.model_dump(exclude={"server"})
     runtime = GrpcRuntime(cfg.server, welcome=welcome, expected_bytes=3 * 4 * numel + 2**20)

