@@ -69,11 +69,12 @@ class Coordinator:
 
     def __init__(self, cfg: RunConfig, strategy: Strategy, runtime: Runtime, bench: Workbench,
                  *, meter: EnergyMeter, co2_per_joule: float, store: RunStore | None = None,
-                 run_id: str = "unsaved",
+                 run_id: str = "unsaved", resumable: bool = False,
                  on_round: Callable[[RoundRecord], None] | None = None) -> None:
         self.cfg, self.strategy, self.runtime, self.bench = cfg, strategy, runtime, bench
         self.meter, self.co2_per_joule = meter, co2_per_joule
         self.store, self.run_id, self.on_round = store, run_id, on_round
+        self.resumable = resumable  # write the state to resume from after every round
         params = bench.flat.vector.detach().clone()
         self.state = CoordinatorState(
             params=params, opt_state=strategy.server_opt.init(params),
@@ -218,9 +219,11 @@ class Coordinator:
         st.history.append(record)
         if self.store is not None:
             state_path = self.store.write_state(self.run_id, round_, self.snapshot(),
-                                                {"kind": "coordinator-state"})
+                                                {"kind": "coordinator-state"}) \
+                if self.resumable else None
             self.store.record_round(self.run_id, record, ledger, state_path)
-            self.store.prune_states(self.run_id)
+            if self.resumable:
+                self.store.prune_states(self.run_id)
             every = cfg.run.checkpoint_every
             if every and (round_ % every == 0 or round_ == cfg.run.rounds):
                 self.store.save_checkpoint(self.run_id, round_, self._named_params(),

@@ -135,7 +135,7 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
             run_id = store.start_run(cfg.run.name, cfg.model_dump())
         coordinator = Coordinator(cfg, strategy, runtime, bench, meter=meter,
                                   co2_per_joule=co2_per_joule, store=store, run_id=run_id,
-                                  on_round=on_round)
+                                  resumable=True, on_round=on_round)
         if saved is not None:
             round_, tensors, _ = saved
             try:
