@@ -135,21 +135,23 @@ def test_coordinator_killed_and_resumed_loses_nothing(federation, tmp_path):
 
 
 def test_a_site_that_never_answers_misses_the_deadline(federation, tmp_path):
-    fed = federation(config(rounds=2, strategy="fedavg", min_nodes=2, deadline=3))
+    from .test_grpc_messages import RawSite
+
+    fed = federation(config(rounds=2, strategy="fedavg", min_nodes=3, deadline=3))
     fed.serve()
     fed.join("node-0")
     fed.join("node-1")
-    fed.join("node-2")
-    fed.wait_for_log("node-2", "joined the run")
-    os.kill(fed.sites["node-2"].pid, signal.SIGSTOP)  # alive but silent
+    fed.wait_for_log("serve", "site node-1 ready")
+    fed.wait_for_log("serve", "site node-0 ready")
+    silent = RawSite(fed.address, "node-2")  # joins, says ready, never answers
     try:
         summary = json.loads(fed.finish())
     finally:
-        os.kill(fed.sites["node-2"].pid, signal.SIGKILL)
+        silent.close()
     assert summary["status"] == "complete"
-    assert "missed the round deadline" in fed.log("serve")
+    assert "site node-2 missed the round deadline" in fed.log("serve")
     data = RunStore(tmp_path / "ws").load_run("last")
-    assert all(r["nodes"] == 2 for r in data["rounds"])
+    assert [(r["nodes"], r["failed"]) for r in data["rounds"]] == [(2, 1), (2, 1)]
 
 
 def test_straggler_update_is_kept_with_staleness_weight(federation, tmp_path):
@@ -169,4 +171,5 @@ def test_straggler_update_is_kept_with_staleness_weight(federation, tmp_path):
     assert "late update of node-2 from round" in fed.log("serve")
     data = RunStore(tmp_path / "ws").load_run("last")
     late = [n for n in data["node_metrics"] if n["phase"] == "late"]
-    assert late and all(n["node_id"] == "node-2" and n["bytes_up"] > 0 for n in late)
+    assert any(n["node_id"] == "node-2" for n in late)
+    assert all(n["bytes_up"] > 0 for n in late)

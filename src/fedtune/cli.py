@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -133,8 +134,6 @@ def join(
     threads: Annotated[int, typer.Option(help="torch threads; 0 = torch's default")] = 0,
 ) -> None:
     """Join a federation as a site: connect out, train on local data, send updates."""
-    import os
-
     # A site idles between rounds: let OpenMP threads sleep instead of spinning, which on a
     # shared machine steals the cores other sites need (and costs energy). Set before torch.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -154,6 +153,12 @@ def join(
                          device=device)).run()
     except FedtuneError as exc:
         _fail(exc)
+    # The run is over. Leave without interpreter teardown: gRPC's C++ threads can abort the
+    # process while Python finalizes, which would turn a clean stop into exit code -6.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
 
 
 @app.command()

@@ -44,6 +44,7 @@ class SiteSession:
     site: str
     outbox: queue.Queue[Any] = field(default_factory=queue.Queue)
     alive: bool = True
+    ready: bool = False  # set when the site says it has built its model and loaded its data
     task_id: int = 0  # the task the site owes an answer to (0: none)
     generation: int = 0
 
@@ -107,15 +108,15 @@ class GrpcRuntime(FederationServicer):
     @property
     def node_ids(self) -> list[str]:
         with self.lock:
-            return sorted(s for s, sess in self.sessions.items() if sess.alive)
+            return sorted(s for s, sess in self.sessions.items() if sess.alive and sess.ready)
 
     def wait_for_nodes(self, count: int) -> list[str]:
         deadline = time.monotonic() + self.settings.wait_for_sites_s
         with self.lock:
-            while len([s for s in self.sessions.values() if s.alive]) < count:
+            while len([s for s in self.sessions.values() if s.alive and s.ready]) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    have = len([s for s in self.sessions.values() if s.alive])
+                    have = len([s for s in self.sessions.values() if s.alive and s.ready])
                     raise FedtuneError(
                         f"only {have} of strategy.min_nodes = {count} sites connected within "
                         f"server.wait_for_sites_s = {self.settings.wait_for_sites_s:g} s; start "
@@ -272,6 +273,12 @@ class GrpcRuntime(FederationServicer):
         holding = False
         try:
             for chunk in requests:
+                if chunk.kind == "ready":
+                    with self.lock:
+                        sess.ready = True
+                        self.lock.notify_all()
+                    log.info("site %s ready", sess.site)
+                    continue
                 if chunk.first and self.upload_slots is not None and not holding:
                     self.upload_slots.acquire()
                     holding = True

@@ -174,6 +174,7 @@ class Site:
                     if chunk.kind == "welcome":
                         self._setup(json.loads(chunk.data))
                         self.joined = True
+                        outbox.put([control_chunk("ready", site=self.o.site)])
                         log.info("site %s: joined the run", self.o.site)
                     elif chunk.kind == "stop":
                         log.info("site %s: the run is over", self.o.site)
