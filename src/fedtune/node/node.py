@@ -55,11 +55,20 @@ class Node:
         self.data = NodeData(data.node_id, data.x_train.to(device), data.y_train.to(device),
                              data.x_test.to(device), data.y_test.to(device))
         self.seed = seed
+        self.device = device
         self.meter = meter
         self.co2_per_joule = co2_per_joule
         self.state: dict[str, Any] = {}
         self.last_fit_round = -1
         self._state_before_last_fit: dict[str, Any] = {}
+
+    def _seed_model_randomness(self, round_: int) -> None:
+        """Seed what the model draws (dropout) per node and round. Not torch.manual_seed: on
+        a CPU-only machine that records a stack trace for lazy CUDA seeding on every call."""
+        seed = derived_seed(self.seed, round_, self.node_id, "model")
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
 
     def _generator(self, round_: int, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(derived_seed(self.seed, round_, self.node_id, purpose))
@@ -105,7 +114,7 @@ class Node:
                 seed=derived_seed(self.seed, ins.round, "down")).to(flat.device),
                 ins.config, ins.aux)
         flat.load_(ins.params)
-        torch.manual_seed(derived_seed(self.seed, ins.round, self.node_id, "model"))  # dropout
+        self._seed_model_randomness(ins.round)
         correction = None
         control = ins.aux.get("scaffold_c")
         if control is not None:
