@@ -89,6 +89,10 @@ class StrategySection(Section):
     prox_mu: float = Field(0.01, ge=0)
     aggregator: Literal["mean", "median", "trimmed_mean"] = "mean"
     trim: float = Field(0.1, ge=0, lt=0.5)
+    mode: Literal["sync", "async"] = "sync"
+    async_buffer: int = Field(5, ge=1)
+    async_concurrency: int = Field(10, ge=1)
+    staleness_exponent: float = Field(0.5, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -185,6 +189,9 @@ class RuntimeSection(Section):
     ray_actors: int = Field(2, ge=1)
     ray_cpus_per_actor: float = Field(1.0, gt=0)
     ray_gpus_per_actor: float = Field(0.0, ge=0)
+    # async simulation in one process: node i takes steps x speed_i virtual seconds, with
+    # log(speed_i) ~ N(0, simulated_speed_skew), seeded
+    simulated_speed_skew: float = Field(1.0, ge=0)
 
 
 class RunConfig(Section):

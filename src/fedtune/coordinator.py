@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +23,7 @@ from .config import RunConfig
 from .energy import EnergyMeter
 from .node.node import Workbench, derived_seed
 from .node.trainer import LocalPlan, evaluate_model, train_locally
-from .runtime.base import Runtime
+from .runtime.base import Reply, Runtime
 from .store import RunStore
 from .types import (
     EvalIns,
@@ -165,39 +165,54 @@ class Coordinator:
         failed: list[str] = []
         ledger: list[NodeRoundRecord] = []
         for reply in self.runtime.fit(selected, ins):
-            res = reply.result
-            if isinstance(res, FitRes):
-                decoded = self._decoded(res)
-                res = decoded if isinstance(decoded, FitRes) else NodeFailure(
-                    res.node_id, res.round, decoded)
-            problem = res.reason if isinstance(res, NodeFailure) else (
-                self._valid(res) if isinstance(res, FitRes) else "answered with the wrong kind")
-            node_id = res.node_id
-            if problem is None and node_id not in order:
-                problem = "was not selected for this round"
-            if problem is None and isinstance(res, FitRes) and res.round != round_:
-                problem = f"answered round {res.round} during round {round_} (stale)"
-            if problem is None and any(r.node_id == node_id for r in ok):
-                problem = "answered twice"
-            if problem is None and isinstance(res, FitRes):
-                ok.append(res)
-                m = res.meter
-                ledger.append(NodeRoundRecord(round_, node_id, "fit", res.num_examples,
-                                              res.num_steps, res.train_loss, m.wall_s, m.cpu_s,
-                                              reply.bytes_down, reply.bytes_up, m.energy_j,
-                                              m.co2_g, m.energy_method))
+            res, row = self.screen(reply, round_, expected_round=round_, allowed=order, ok=ok)
+            ledger.append(row)
+            if res is None:
+                failed.append(row.node_id)
             else:
-                log.warning("round %d: dropped node %s: %s", round_, node_id, problem)
-                failed.append(node_id)
-                ledger.append(NodeRoundRecord(round_, node_id, "failed", 0, 0, float("nan"), 0.0,
-                                              0.0, reply.bytes_down, reply.bytes_up, 0.0, 0.0,
-                                              str(problem)[:200]))
+                ok.append(res)
         # Runtimes deliver in arrival order; aggregate in selection order so every runtime
         # sums the same numbers in the same order (bitwise-equal results).
         ok.sort(key=lambda r: order[r.node_id])
         late = self._late_updates(round_, ledger)
         ledger.append(self._server_meter(round_, "aggregate",
                                          lambda: self._aggregate(ok, late)))
+        return self.close_round(round_, ok, failed, ledger, wall0)
+
+    def screen(self, reply: Reply, round_: int, *, expected_round: int | None,
+               allowed: Container[str], ok: list[FitRes],
+               ) -> tuple[FitRes | None, NodeRoundRecord]:
+        """Decode and validate one reply: (the usable result or None, its ledger row)."""
+        res = reply.result
+        if isinstance(res, FitRes):
+            decoded = self._decoded(res)
+            res = decoded if isinstance(decoded, FitRes) else NodeFailure(
+                res.node_id, res.round, decoded)
+        problem = res.reason if isinstance(res, NodeFailure) else (
+            self._valid(res) if isinstance(res, FitRes) else "answered with the wrong kind")
+        node_id = res.node_id
+        if problem is None and node_id not in allowed:
+            problem = "was not asked"
+        if problem is None and expected_round is not None and isinstance(res, FitRes) \
+                and res.round != expected_round:
+            problem = f"answered round {res.round} during round {expected_round} (stale)"
+        if problem is None and any(r.node_id == node_id for r in ok):
+            problem = "answered twice"
+        if problem is None and isinstance(res, FitRes):
+            m = res.meter
+            return res, NodeRoundRecord(round_, node_id, "fit", res.num_examples,
+                                        res.num_steps, res.train_loss, m.wall_s, m.cpu_s,
+                                        reply.bytes_down, reply.bytes_up, m.energy_j, m.co2_g,
+                                        m.energy_method)
+        log.warning("round %d: dropped node %s: %s", round_, node_id, problem)
+        return None, NodeRoundRecord(round_, node_id, "failed", 0, 0, float("nan"), 0.0, 0.0,
+                                     reply.bytes_down, reply.bytes_up, 0.0, 0.0,
+                                     str(problem)[:200])
+
+    def close_round(self, round_: int, nodes: list[FitRes], failed: list[str],
+                    ledger: list[NodeRoundRecord], wall0: float) -> RoundRecord:
+        """After aggregation: central steps, evaluation, the record, the store, callbacks."""
+        st, cfg = self.state, self.cfg
         if cfg.central.steps_between_rounds and len(self.y_central):
             ledger.append(self._server_meter(
                 round_, "central",
@@ -210,9 +225,9 @@ class Coordinator:
         train_loss = float(np.average([n.train_loss for n in fit], weights=weights)) \
             if fit and sum(weights) else float("nan")
         record = RoundRecord(
-            round=round_, nodes=[r.node_id for r in ok], failed=failed, train_loss=train_loss,
-            test_loss=test.get("loss"), test_accuracy=test.get("accuracy"),
-            wall_s=time.perf_counter() - wall0,
+            round=round_, nodes=[r.node_id for r in nodes], failed=failed,
+            train_loss=train_loss, test_loss=test.get("loss"),
+            test_accuracy=test.get("accuracy"), wall_s=time.perf_counter() - wall0,
             bytes_down=sum(n.bytes_down for n in ledger), bytes_up=sum(n.bytes_up for n in ledger),
             energy_j=sum(n.energy_j for n in ledger), co2_g=sum(n.co2_g for n in ledger))
         st.round = round_
@@ -263,11 +278,13 @@ class Coordinator:
                                           bytes_up, m.energy_j, m.co2_g, m.energy_method))
         return out
 
-    def _aggregate(self, ok: list[FitRes], late: Sequence[tuple[FitRes, float]] = ()) -> int:
+    def _aggregate(self, ok: list[FitRes], late: Sequence[tuple[FitRes, float]] = (),
+                   min_updates: int | None = None) -> int:
         st = self.state
         factors = [1.0] * len(ok) + [f for _, f in late]
         ok = ok + [r for r, _ in late]
-        if len(ok) < self.cfg.strategy.min_nodes:
+        needed = self.cfg.strategy.min_nodes if min_updates is None else min_updates
+        if len(ok) < needed:
             log.warning("round %d: only %d valid updates, strategy.min_nodes = %d; the global "
                         "model is unchanged", st.round + 1, len(ok), self.cfg.strategy.min_nodes)
             return 0
@@ -337,10 +354,15 @@ class Coordinator:
                                   pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g)
                 self.store.record_round(self.run_id, rec, pre)
         wait = getattr(self.runtime, "wait_for_nodes", None)
-        for r in range(first, cfg.run.rounds + 1):
-            if wait is not None:
-                wait(cfg.strategy.min_nodes)
-            self.run_round(r)
+        if cfg.strategy.mode == "async":
+            from .async_rounds import run_buffered_async
+
+            run_buffered_async(self, first)
+        else:
+            for r in range(first, cfg.run.rounds + 1):
+                if wait is not None:
+                    wait(cfg.strategy.min_nodes)
+                self.run_round(r)
         evals, eval_ledger = self._evaluate_nodes()
         final = self._evaluate_central()
         hist = self.state.history

@@ -86,7 +86,8 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
     else:
         nodes = [Node(d, seed=cfg.run.seed, meter=meter, co2_per_joule=co2_per_joule,
                       device=device) for d in task.data.nodes]
-        runtime = InProcessRuntime(nodes, bench)
+        runtime = InProcessRuntime(nodes, bench, seed=cfg.run.seed,
+                                   speed_skew=cfg.runtime.simulated_speed_skew)
     owned = store is True
     run_store = RunStore(cfg.run.workspace) if store is True else (store or None)
     run_id = run_store.start_run(cfg.run.name, cfg.model_dump()) if run_store else "unsaved"

@@ -7,12 +7,15 @@ runtimes send. A node that raises is reported as a failure and the round goes on
 
 from __future__ import annotations
 
+import heapq
 import traceback
 from collections.abc import Iterator, Sequence
 
+import numpy as np
+
 from ..errors import FedtuneError
-from ..node.node import Node, Workbench
-from ..types import EvalIns, FitIns, NodeFailure
+from ..node.node import Node, Workbench, derived_seed
+from ..types import EvalIns, FitIns, FitRes, NodeFailure
 from ..wire import encoded_size
 from .base import Reply
 
@@ -20,9 +23,17 @@ from .base import Reply
 class InProcessRuntime:
     """Runs every node in this process, sharing one :class:`Workbench`."""
 
-    def __init__(self, nodes: Sequence[Node], bench: Workbench) -> None:
+    def __init__(self, nodes: Sequence[Node], bench: Workbench, *, seed: int = 0,
+                 speed_skew: float = 1.0) -> None:
         self.nodes = {n.node_id: n for n in nodes}
         self.bench = bench
+        # asynchronous simulation: a virtual clock and a seeded speed per node
+        self.clock = 0.0
+        self._done: list[tuple[float, int, Reply]] = []
+        self._count = 0
+        rng = np.random.default_rng(derived_seed(seed, "speeds"))
+        self.speed = {n: float(v) for n, v in zip(
+            self.nodes, rng.lognormal(0.0, speed_skew, len(self.nodes)), strict=True)}
 
     @property
     def node_ids(self) -> list[str]:
@@ -49,6 +60,24 @@ class InProcessRuntime:
     def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]:
         for node_id in node_ids:
             yield self._call(node_id, ins)
+
+    def submit(self, node_id: str, ins: FitIns) -> None:
+        """Asynchronous mode: the node trains now on ``ins``; its reply is released when the
+        virtual clock reaches now + steps x its speed."""
+        reply = self._call(node_id, ins)
+        steps = reply.result.num_steps if isinstance(reply.result, FitRes) else 1
+        self._count += 1
+        heapq.heappush(self._done, (self.clock + steps * self.speed[node_id], self._count,
+                                    reply))
+
+    def collect(self) -> Reply:
+        """The next reply in virtual-time order."""
+        finish, _, reply = heapq.heappop(self._done)
+        self.clock = finish
+        return reply
+
+    def drain(self) -> None:
+        self._done.clear()
 
     def close(self) -> None:
         self.nodes.clear()

@@ -27,7 +27,7 @@ import grpc
 from ...config import ServerSection
 from ...errors import FedtuneError, MessageError
 from ...types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
-from ...wire import encode_views
+from ...wire import encode_views, encoded_size
 from ..base import Reply
 from . import SCHEMA_VERSION
 from .fedtune_pb2 import Chunk
@@ -67,6 +67,7 @@ class GrpcRuntime(FederationServicer):
         self.lock = threading.Condition()
         self.results: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self.late: list[tuple[FitRes, int]] = []
+        self.async_pending: dict[int, tuple[str, int, int]] = {}  # task -> site, round, bytes
         # Bounds the receive buffers alive at once (each is a whole message): with a large
         # model, uploads then queue in gRPC's flow control instead of in coordinator memory.
         limit = settings.max_concurrent_uploads
@@ -129,6 +130,45 @@ class GrpcRuntime(FederationServicer):
 
     def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]:
         return self._dispatch("evaluate", node_ids, ins)
+
+    # -- asynchronous mode: tasks without a round barrier ----------------------------------
+    def submit(self, node_id: str, ins: FitIns) -> None:
+        """Send one site a task now; its reply comes from :meth:`collect`."""
+        with self.lock:
+            sess = self.sessions.get(node_id)
+            task_id = next(self.task_ids)
+            self.async_pending[task_id] = (node_id, ins.round, encoded_size(ins))
+            if sess is None or not sess.alive:
+                self.results.put((node_id, task_id, "not connected"))
+                return
+            sess.task_id = task_id
+            sess.outbox.put(("fit", task_id, ins.round, encode_views(ins)))
+
+    def collect(self) -> Reply:
+        """The next asynchronous reply, or a failure for a site that missed the deadline."""
+        while True:
+            try:
+                site, task_id, payload = self.results.get(timeout=self.settings.round_deadline_s)
+            except queue.Empty:
+                with self.lock:
+                    task_id, (site, round_, down) = next(iter(self.async_pending.items()))
+                    del self.async_pending[task_id]
+                return Reply(NodeFailure(site, round_, "missed the deadline of "
+                                         f"{self.settings.round_deadline_s:g} s"), down, 0)
+            with self.lock:
+                pending = self.async_pending.pop(task_id, None)
+            if pending is None:
+                log.warning("dropped an unexpected result from %s (task %d)", site, task_id)
+                continue
+            _, round_, down = pending
+            if isinstance(payload, tuple):
+                return Reply(payload[0], down, payload[1])
+            return Reply(NodeFailure(site, round_, str(payload)), down, 0)
+
+    def drain(self) -> None:
+        """Forget tasks still out when an asynchronous run ends."""
+        with self.lock:
+            self.async_pending.clear()
 
     def close(self) -> None:
         with self.lock:

@@ -1,0 +1,91 @@
+"""Buffered asynchronous aggregation (FedBuff): nodes train without waiting for each other.
+
+Up to ``strategy.async_concurrency`` nodes train at once, each on the global model of the
+moment it was asked. Every finished update enters a buffer with the weight
+examples x (1 + tau)^-a, where tau counts the server steps since its node was asked; every
+``strategy.async_buffer`` updates the server takes one step (``strategy.min_nodes`` only says
+how many ready sites to wait for before starting), which is one "round" in the
+records (``run.rounds`` steps in all), and the freed node is replaced by an idle one, chosen
+by the seeded generator. Each dispatch carries its own task number as ``round``, so node
+seeds and the node's replay protection stay per dispatch.
+
+Runtimes that support it offer ``submit(node_id, ins)`` and ``collect()``: over gRPC these
+are real concurrent sites; in one process, nodes run when asked and their replies are
+released in the order of a seeded virtual clock (node i needs steps x speed_i), so a
+simulation of slow and fast sites is deterministic.
+
+References:
+    Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation";
+    Xie et al. 2019, "Asynchronous Federated Optimization" (polynomial staleness).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import ConfigError
+from .node.node import derived_seed
+from .types import FitRes, NodeRoundRecord
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+
+
+def run_buffered_async(coord: Coordinator, first_round: int) -> None:
+    """Run server steps ``first_round .. run.rounds`` asynchronously."""
+    cfg, runtime = coord.cfg, coord.runtime
+    submit = getattr(runtime, "submit", None)
+    collect = getattr(runtime, "collect", None)
+    if submit is None or collect is None:
+        raise ConfigError(f"strategy.mode = 'async' is not supported by the "
+                          f"{type(runtime).__name__}; use the in-process runtime or fedtune serve")
+    if coord.state.control is not None:
+        raise ConfigError("strategy.mode = 'async' cannot run SCAFFOLD; choose another strategy")
+    s = cfg.strategy
+    wait = getattr(runtime, "wait_for_nodes", None)
+    if wait is not None:
+        wait(s.min_nodes)
+    rng = np.random.default_rng(derived_seed(cfg.run.seed, "async"))
+    asked: dict[str, int] = {}  # node -> server step of the model it was given
+    task = (first_round - 1) * s.async_buffer * 1000  # task numbers stay unique on resume
+    step = first_round
+    buffer: list[tuple[FitRes, float]] = []
+    ledger: list[NodeRoundRecord] = []
+    wall0 = time.perf_counter()
+
+    def refill() -> None:
+        nonlocal task
+        idle = [n for n in runtime.node_ids if n not in asked]
+        while idle and len(asked) < s.async_concurrency:
+            node = idle.pop(int(rng.integers(len(idle))))
+            task += 1
+            asked[node] = step
+            submit(node, coord._fit_instruction(task, {}))
+
+    refill()
+    while step <= cfg.run.rounds:
+        if not asked:
+            raise ConfigError("no node is available to train (strategy.mode = 'async')")
+        reply = collect()
+        node = reply.result.node_id
+        given = asked.pop(node, None)
+        res, row = coord.screen(reply, step, expected_round=None,
+                                allowed=() if given is None else (node,), ok=[])
+        ledger.append(row)
+        if res is not None and given is not None:
+            tau = step - given
+            buffer.append((res, (1.0 + tau) ** -s.staleness_exponent))
+        if len(buffer) >= s.async_buffer:
+            ledger.append(coord._server_meter(step, "aggregate",
+                                              partial(coord._aggregate, [], buffer, 1)))
+            coord.close_round(step, [r for r, _ in buffer], [], ledger, wall0)
+            buffer, ledger, wall0 = [], [], time.perf_counter()
+            step += 1
+        refill()
+    drain = getattr(runtime, "drain", None)
+    if drain is not None:
+        drain()
