@@ -155,7 +155,9 @@ def test_a_site_that_never_answers_misses_the_deadline(federation, tmp_path):
 
 
 def test_straggler_update_is_kept_with_staleness_weight(federation, tmp_path):
-    text = config(rounds=4, strategy="fedavg", min_nodes=2, deadline=3).replace(
+    # slow rounds (20 local epochs) and all three sites from round 1, so the stop lands
+    # mid-run and later rounds remain to take the late update
+    text = config(rounds=8, strategy="fedavg", min_nodes=3, epochs=20, deadline=3).replace(
         "round_deadline_s = 3", "round_deadline_s = 3\nstragglers = \"stale\"")
     fed = federation(text)
     fed.serve()
