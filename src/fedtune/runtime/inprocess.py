@@ -39,8 +39,8 @@ class InProcessRuntime:
     def node_ids(self) -> list[str]:
         return list(self.nodes)
 
-    def _call(self, node_id: str, ins: FitIns | EvalIns) -> Reply:
-        down = encoded_size(ins)
+    def _call(self, node_id: str, ins: FitIns | EvalIns, down: int | None = None) -> Reply:
+        down = encoded_size(ins) if down is None else down
         node = self.nodes[node_id]
         try:
             result = node.fit(ins, self.bench) if isinstance(ins, FitIns) else \
@@ -54,12 +54,14 @@ class InProcessRuntime:
         return Reply(result, down, encoded_size(result))
 
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
+        down = encoded_size(ins)  # one broadcast, one size
         for node_id in node_ids:
-            yield self._call(node_id, ins)
+            yield self._call(node_id, ins, down)
 
     def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]:
+        down = encoded_size(ins)
         for node_id in node_ids:
-            yield self._call(node_id, ins)
+            yield self._call(node_id, ins, down)
 
     def submit(self, node_id: str, ins: FitIns) -> None:
         """Asynchronous mode: the node trains now on ``ins``; its reply is released when the
