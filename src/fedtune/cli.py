@@ -262,17 +262,21 @@ def export(run_id: Annotated[str, typer.Argument(help="run id, unique prefix, or
         _fail(exc)
 
 
+def _listing(title: str, what: str, items: dict[str, tuple[str, Any]]) -> Table:
+    table = Table(title=title)
+    table.add_column("name", style="bold")
+    table.add_column(what)
+    for name, (desc, _) in items.items():
+        table.add_row(name, desc)
+    return table
+
+
 @app.command()
 def strategies() -> None:
     """List the federated strategies."""
     from .algorithms.strategy import STRATEGIES
 
-    table = Table(title="strategies (strategy.name)")
-    table.add_column("name", style="bold")
-    table.add_column("what it does")
-    for name, (desc, _) in STRATEGIES.items():
-        table.add_row(name, desc)
-    out.print(table)
+    out.print(_listing("strategies (strategy.name)", "what it does", STRATEGIES))
 
 
 @app.command()
@@ -280,12 +284,7 @@ def datasets() -> None:
     """List the bundled datasets and partitioners."""
     from .data import DATASETS, PARTITIONERS
 
-    table = Table(title="datasets (data.dataset); nothing is downloaded")
-    table.add_column("name", style="bold")
-    table.add_column("what it is")
-    for name, (desc, _) in DATASETS.items():
-        table.add_row(name, desc)
-    out.print(table)
+    out.print(_listing("datasets (data.dataset); nothing is downloaded", "what it is", DATASETS))
     out.print("partitions (data.partition): " + ", ".join(PARTITIONERS))
 
 

@@ -264,18 +264,23 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(_explain(err)) from None
 
 
+def read_toml(path: str | Path, *, what: str, fix: str) -> dict[str, Any]:
+    """A TOML file as a dict, or a :class:`ConfigError` naming ``what``, the path and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} does not exist; {fix}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a TOML config (or the embedded default), apply overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist; pass a TOML file, or no "
-                              "file to run the embedded default experiment")
-        try:
-            raw = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+        raw = read_toml(path, what="config file",
+                        fix="pass a TOML file, or no file to run the embedded default experiment")
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return config_from_dict(raw)

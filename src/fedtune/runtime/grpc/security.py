@@ -13,12 +13,12 @@ import datetime as dt
 import hmac
 import ipaddress
 import secrets
-import tomllib
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ...config import read_toml
 from ...errors import ConfigError
 
 
@@ -106,14 +106,8 @@ def make_certificates(out: Path, *, sites: list[str], hosts: list[str], days: fl
 
 def load_tokens(path: str) -> dict[str, str]:
     """Site -> token from a tokens TOML file (``[sites]`` table)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"server.tokens = {path!r} does not exist; make one with "
-                          "'fedtune certs --site NAME ...'")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"server.tokens file {path!r} is not valid TOML: {exc}") from None
+    data = read_toml(path, what="server.tokens file",
+                     fix="make one with 'fedtune certs --site NAME ...'")
     sites = data.get("sites")
     if not isinstance(sites, dict) or not all(isinstance(v, str) for v in sites.values()):
         raise ConfigError(f"server.tokens file {path!r} needs a [sites] table of site = \"token\"")
