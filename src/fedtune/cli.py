@@ -34,6 +34,17 @@ def _fail(exc: FedtuneError) -> None:
     raise typer.Exit(2)
 
 
+def _print_result(result: Any, output: str, title: str) -> None:
+    """The final summary: one JSON object on stdout, or a table for people."""
+    from .report.summary import result_summary, summary_table
+
+    summary = result_summary(result)
+    if output == "json":
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        out.print(summary_table(summary, title=title))
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Argument(help="TOML config; none = default")] = None,
@@ -45,7 +56,6 @@ def run(
     """Run a federated fine-tuning experiment (the embedded default if no CONFIG)."""
     from .config import load_config
     from .experiment import run as run_experiment
-    from .report.summary import result_summary, summary_table
 
     if output not in ("table", "json"):
         _fail(FedtuneError(f"--output {output!r}: use table or json"))
@@ -72,11 +82,7 @@ def run(
         return
     finally:
         progress.stop()
-    summary = result_summary(result)
-    if output == "json":
-        sys.stdout.write(json.dumps(summary) + "\n")
-    else:
-        out.print(summary_table(summary, title=f"fedtune run: {cfg.run.name}"))
+    _print_result(result, output, f"fedtune run: {cfg.run.name}")
 
 
 @app.command()
@@ -90,7 +96,6 @@ def serve(
     """Coordinate real sites over gRPC (they connect with 'fedtune join')."""
     from .config import load_config
     from .experiment import serve as serve_experiment
-    from .report.summary import result_summary, summary_table
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("fedtune")
@@ -110,11 +115,7 @@ def serve(
     except FedtuneError as exc:
         _fail(exc)
         return
-    summary = result_summary(result)
-    if output == "json":
-        sys.stdout.write(json.dumps(summary) + "\n")
-    else:
-        out.print(summary_table(summary, title=f"fedtune serve: {cfg.run.name}"))
+    _print_result(result, output, f"fedtune serve: {cfg.run.name}")
 
 
 @app.command()
