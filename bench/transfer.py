@@ -30,12 +30,13 @@ SITES = 4
 def site_main(address: str, name: str) -> None:
     import grpc
 
-    from fedtune.runtime.grpc.fedtune_pb2_grpc import FederationStub
     from fedtune.runtime.grpc.transfer import (
+        MAX_FRAME_BYTES,
         Assembler,
         control_chunk,
         decode_assembly,
         message_chunks,
+        open_session,
     )
     from fedtune.types import FitRes, NodeMeter
 
@@ -47,8 +48,9 @@ def site_main(address: str, name: str) -> None:
             yield from item
 
     channel = grpc.insecure_channel(address, options=[
-        ("grpc.max_receive_message_length", 8 * 2**20), ("grpc.max_send_message_length", 8 * 2**20)])
-    responses = FederationStub(channel).Session(requests(), metadata=(("x-fedtune-site", name),))
+        ("grpc.max_receive_message_length", MAX_FRAME_BYTES),
+        ("grpc.max_send_message_length", MAX_FRAME_BYTES)])
+    responses = open_session(channel)(requests(), metadata=(("x-fedtune-site", name),))
     asm = Assembler(8 * 2**30)
     start = None
     for chunk in responses:
@@ -66,7 +68,7 @@ def site_main(address: str, name: str) -> None:
         res = FitRes(name, ins.round, ins.params, 1, 1, 0.0,
                      meter=NodeMeter(wall_s=start, cpu_s=got, energy_j=time.time()))
         outbox.put(message_chunks("result", res, task_id=done.task_id, round_=done.round,
-                                  chunk_bytes=1024 * 1024, site=name))
+                                  chunk_bytes=4 * 2**20, site=name))
         del ins, done
     outbox.put(None)
     channel.close()

@@ -17,7 +17,14 @@ from fedtune.runtime.grpc import SCHEMA_VERSION
 from fedtune.runtime.grpc.fedtune_pb2 import Chunk
 from fedtune.runtime.grpc.fedtune_pb2_grpc import FederationStub
 from fedtune.runtime.grpc.server import GrpcRuntime
-from fedtune.runtime.grpc.transfer import Assembler, control_chunk, decode_assembly, message_chunks
+from fedtune.runtime.grpc.transfer import (
+    Assembler,
+    Frame,
+    control_chunk,
+    decode_assembly,
+    message_chunks,
+    open_session,
+)
 from fedtune.store import RunStore
 from fedtune.types import FitIns, FitRes, NodeFailure
 
@@ -25,9 +32,11 @@ from .deployment import Federation, free_port
 
 
 class RawSite:
-    """A hand-driven client that can send anything."""
+    """A hand-driven client that can send anything. It speaks through protobuf's generated
+    stub (not fedtune's hand-made frames), so it also checks that fedtune's frames are plain
+    ``Chunk`` protobufs both ways."""
 
-    def __init__(self, address: str, site: str, hello: Chunk | None = None) -> None:
+    def __init__(self, address: str, site: str, hello: bytes | None = None) -> None:
         self.outbox: queue.Queue = queue.Queue()
         self.inbox: queue.Queue = queue.Queue()
         self.channel = grpc.insecure_channel(address)
@@ -36,7 +45,7 @@ class RawSite:
 
         def requests():
             while (item := self.outbox.get()) is not None:
-                yield item
+                yield Chunk.FromString(item) if isinstance(item, bytes) else item
 
         self.responses = FederationStub(self.channel).Session(
             requests(), metadata=(("x-fedtune-site", site),))
@@ -56,7 +65,7 @@ class RawSite:
             chunk = self.inbox.get(timeout=30)
             if chunk is None or chunk.kind in ("welcome", "error", "stop"):
                 return chunk
-            done = asm.add(chunk)
+            done = asm.add(Frame(chunk, memoryview(chunk.data)))
             if done is not None:
                 return done
 
@@ -134,6 +143,26 @@ def test_bad_result_is_refused_with_a_reason_and_serving_goes_on(server, case):
             raw.outbox.put(chunk)
         reply = replies.get(timeout=30)
         assert isinstance(reply.result, FitRes) and reply.bytes_up > 0
+    finally:
+        raw.close()
+
+
+def test_a_frame_that_is_not_protobuf_gets_an_error_and_serving_goes_on(server):
+    runtime, address = server
+    raw = RawSite(address, "raw")
+    try:
+        assert raw.next_message().kind == "welcome"
+        replies = _fit_in_background(runtime, ["raw"])
+        task = raw.next_message()
+        # a second connection of another site sends bytes that are no protobuf at all
+        with grpc.insecure_channel(address) as channel:
+            frames = iter([control_chunk("hello", site="junk"), b"\xff\xff\xff"])
+            answers = list(open_session(channel)(frames, metadata=(("x-fedtune-site", "junk"),)))
+        assert answers[0].kind == "welcome"
+        assert answers[1].kind == "error" and "not a valid Chunk protobuf" in answers[1].text
+        for chunk in _good_result(task.task_id):  # the first site is served as before
+            raw.outbox.put(chunk)
+        assert isinstance(replies.get(timeout=30).result, FitRes)
     finally:
         raw.close()
 

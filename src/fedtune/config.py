@@ -168,7 +168,7 @@ class ServerSection(Section):
     stragglers: Literal["drop", "stale"] = "drop"
     staleness_exponent: float = Field(0.5, ge=0)
     wait_for_sites_s: float = Field(600.0, gt=0)
-    chunk_kb: int = Field(1024, ge=16, le=3072)
+    chunk_kb: int = Field(4096, ge=16, le=16384)
     max_concurrent_uploads: int = Field(0, ge=0)
     max_message_mb: int = Field(8192, ge=1)
 

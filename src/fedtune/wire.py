@@ -87,21 +87,22 @@ def encode_views(msg: Any) -> list[memoryview]:
 
 
 def iter_chunks(views: list[memoryview], chunk_bytes: int) -> Any:
-    """Yield ``bytes`` chunks of at most ``chunk_bytes`` over the concatenated views."""
-    pending: list[bytes] = []
+    """Yield each chunk of at most ``chunk_bytes`` over the concatenated views, as a list of
+    memoryview pieces (no copy: the sender joins them once, with its framing)."""
+    pending: list[memoryview] = []
     size = 0
     for view in views:
         pos = 0
         while pos < len(view):
             take = min(chunk_bytes - size, len(view) - pos)
-            pending.append(view[pos:pos + take].tobytes())
+            pending.append(view[pos:pos + take])
             size += take
             pos += take
             if size == chunk_bytes:
-                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                yield pending
                 pending, size = [], 0
     if pending:
-        yield b"".join(pending)
+        yield pending
 
 
 def _tensor_at(data: Any, view: memoryview, offset: int, nbytes: int,

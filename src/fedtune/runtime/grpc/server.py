@@ -30,10 +30,16 @@ from ...types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
 from ...wire import encode_views, encoded_size
 from ..base import Reply
 from . import SCHEMA_VERSION
-from .fedtune_pb2 import Chunk
-from .fedtune_pb2_grpc import FederationServicer, add_FederationServicer_to_server
 from .security import load_tokens, read_file, token_matches
-from .transfer import Assembler, control_chunk, decode_assembly, message_chunks
+from .transfer import (
+    MAX_FRAME_BYTES,
+    Assembler,
+    Frame,
+    control_chunk,
+    decode_assembly,
+    message_chunks,
+    session_handler,
+)
 
 log = logging.getLogger("fedtune.server")
 _CLOSE = object()
@@ -49,7 +55,7 @@ class SiteSession:
     generation: int = 0
 
 
-class GrpcRuntime(FederationServicer):
+class GrpcRuntime:
     """Serves sites over gRPC and drives them for the coordinator."""
 
     def __init__(self, settings: ServerSection, *, welcome: dict[str, Any],
@@ -76,12 +82,12 @@ class GrpcRuntime(FederationServicer):
         self.generations = itertools.count(1)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="fedtune-rpc"),
-            options=[("grpc.max_receive_message_length", self.chunk_bytes + 65536),
-                     ("grpc.max_send_message_length", self.chunk_bytes + 65536),
+            options=[("grpc.max_receive_message_length", MAX_FRAME_BYTES),
+                     ("grpc.max_send_message_length", MAX_FRAME_BYTES),
                      ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                      ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.bdp_probe", 0)])
-        add_FederationServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
+        self.server.add_generic_rpc_handlers((session_handler(self.Session),))
         try:
             self.port = self._listen(settings)
         except RuntimeError:  # grpc raises when the port cannot be bound
@@ -259,8 +265,8 @@ class GrpcRuntime(FederationServicer):
                               f"client certificate is not issued to site {site!r}")
         return site
 
-    def Session(self, request_iterator: Iterator[Chunk],
-                context: grpc.ServicerContext) -> Iterator[Chunk]:
+    def Session(self, request_iterator: Iterator[Frame],  # noqa: N802 - the RPC's name
+                context: grpc.ServicerContext) -> Iterator[bytes]:
         site = self._authenticate(context)
         try:
             hello = next(request_iterator)
@@ -289,7 +295,7 @@ class GrpcRuntime(FederationServicer):
             item = sess.outbox.get()
             if item is _CLOSE:
                 return
-            if isinstance(item, Chunk):
+            if isinstance(item, bytes):
                 yield item
                 continue
             kind, task_id, round_, views = item
@@ -308,7 +314,7 @@ class GrpcRuntime(FederationServicer):
         sess.outbox.put(_CLOSE)
         log.info("site %s left (%s)", sess.site, why)
 
-    def _read(self, sess: SiteSession, requests: Iterator[Chunk]) -> None:
+    def _read(self, sess: SiteSession, requests: Iterator[Frame]) -> None:
         assembler = Assembler(self.max_bytes)
         holding = False
         try:
@@ -326,10 +332,10 @@ class GrpcRuntime(FederationServicer):
                     holding = False
                     self.upload_slots.release()
                 if chunk.kind == "error":
-                    log.warning("site %s reports: %s", sess.site, chunk.data.decode(errors="replace"))
+                    log.warning("site %s reports: %s", sess.site, chunk.text)
                     if chunk.task_id and chunk.task_id == sess.task_id:
                         self.results.put((sess.site, chunk.task_id,
-                                          f"site error: {chunk.data.decode(errors='replace')}"))
+                                          f"site error: {chunk.text}"))
                     continue
                 try:
                     done = assembler.add(chunk)

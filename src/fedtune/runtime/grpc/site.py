@@ -28,10 +28,8 @@ from ...data.federated import NodeData
 from ...errors import FedtuneError, MessageError
 from ...node.node import Node, Workbench
 from ...types import EvalIns, FitIns
-from .fedtune_pb2 import Chunk
-from .fedtune_pb2_grpc import FederationStub
 from .security import read_file
-from .transfer import Assembler, control_chunk, decode_assembly, message_chunks
+from .transfer import MAX_FRAME_BYTES, Assembler, control_chunk, decode_assembly, message_chunks, open_session
 
 log = logging.getLogger("fedtune.site")
 _END = object()
@@ -47,7 +45,7 @@ class SiteOptions:
     cert: str = ""
     key: str = ""
     state_dir: str = ""
-    chunk_kb: int = 1024
+    chunk_kb: int = 4096
     max_message_mb: int = 8192
     max_backoff_s: float = 30.0
     max_attempts: int = 0  # 0: retry for ever
@@ -100,9 +98,8 @@ class Site:
                            if options.state_dir else None)
 
     def _channel(self) -> grpc.Channel:
-        size = self.o.chunk_kb * 1024 + 65536
-        opts = [("grpc.max_receive_message_length", max(size, 4 * 2**20)),
-                ("grpc.max_send_message_length", max(size, 4 * 2**20)),
+        opts = [("grpc.max_receive_message_length", MAX_FRAME_BYTES),
+                ("grpc.max_send_message_length", MAX_FRAME_BYTES),
                 ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
         if not self.o.ca:
             return grpc.insecure_channel(self.o.server, options=opts)
@@ -156,7 +153,7 @@ class Site:
         """One connection. Returns True when the run ended, False to reconnect."""
         outbox: queue.Queue[Any] = queue.Queue()
 
-        def requests() -> Iterator[Chunk]:
+        def requests() -> Iterator[bytes]:
             yield control_chunk("hello", site=self.o.site)
             while True:
                 item = outbox.get()
@@ -166,13 +163,12 @@ class Site:
 
         meta = (("x-fedtune-site", self.o.site), ("x-fedtune-token", self.o.token))
         with self._channel() as channel:
-            stub = FederationStub(channel)  # type: ignore[no-untyped-call]
-            responses = stub.Session(requests(), metadata=meta)
+            responses = open_session(channel)(requests(), metadata=meta)
             assembler = Assembler(self.o.max_message_mb * 2**20)
             try:
                 for chunk in responses:
                     if chunk.kind == "welcome":
-                        self._setup(json.loads(chunk.data))
+                        self._setup(json.loads(bytes(chunk.data)))
                         self.joined = True
                         outbox.put([control_chunk("ready", site=self.o.site)])
                         log.info("site %s: joined the run", self.o.site)
@@ -180,9 +176,9 @@ class Site:
                         log.info("site %s: the run is over", self.o.site)
                         return True
                     elif chunk.kind == "error":
-                        log.warning("coordinator says: %s", chunk.data.decode(errors="replace"))
+                        log.warning("coordinator says: %s", chunk.text)
                         if chunk.task_id == 0:
-                            raise Refused(chunk.data.decode(errors="replace"))
+                            raise Refused(chunk.text)
                     elif chunk.kind in ("fit", "evaluate"):
                         done = assembler.add(chunk)
                         if done is None:
