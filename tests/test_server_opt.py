@@ -115,7 +115,7 @@ def test_strategy_node_plans():
 def test_scaffold_control_step():
     c = torch.tensor([1.0, 1.0])
     dcs = torch.tensor([[0.5, 0.0], [0.5, 1.0]])
-    torch.testing.assert_close(scaffold_control_step(c, dcs, num_nodes=4),
+    torch.testing.assert_close(scaffold_control_step(c, dcs.sum(dim=0), num_nodes=4),
                                torch.tensor([1.25, 1.25]))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .node.node import derived_seed
-from .types import FitRes, NodeRoundRecord
+from .types import NodeRoundRecord
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -53,7 +53,7 @@ def run_buffered_async(coord: Coordinator, first_round: int) -> None:
     asked: dict[str, int] = {}  # node -> server step of the model it was given
     task = (first_round - 1) * s.async_buffer * 1000  # task numbers stay unique on resume
     step = first_round
-    buffer: list[tuple[FitRes, float]] = []
+    fold, fold_cpu, nodes, examples = coord.new_fold(), 0.0, [], 0
     ledger: list[NodeRoundRecord] = []
     wall0 = time.perf_counter()
 
@@ -74,16 +74,24 @@ def run_buffered_async(coord: Coordinator, first_round: int) -> None:
         node = reply.result.node_id
         given = asked.pop(node, None)
         res, row = coord.screen(reply, step, expected_round=None,
-                                allowed=() if given is None else (node,), ok=[])
+                                allowed=() if given is None else (node,), seen=())
+        del reply
         ledger.append(row)
         if res is not None and given is not None:
+            # folded on arrival (arrival order is the virtual clock's in one process), so
+            # the buffer holds one accumulator, not async_buffer updates
             tau = step - given
-            buffer.append((res, (1.0 + tau) ** -s.staleness_exponent))
-        if len(buffer) >= s.async_buffer:
-            ledger.append(coord._server_meter(step, "aggregate",
-                                              partial(coord._aggregate, [], buffer, 1)))
-            coord.close_round(step, [r for r, _ in buffer], [], ledger, wall0)
-            buffer, ledger, wall0 = [], [], time.perf_counter()
+            fold_cpu += coord.fold_in(fold, res, (1.0 + tau) ** -s.staleness_exponent)
+            nodes.append(res.node_id)
+            examples += res.num_examples
+        del res
+        if fold.count >= s.async_buffer:
+            ledger.append(coord._server_meter(
+                step, "aggregate", partial(coord.apply_fold, fold, (), examples, 1),
+                extra_cpu=fold_cpu))
+            coord.close_round(step, nodes, [], ledger, wall0)
+            fold, fold_cpu, nodes, examples = coord.new_fold(), 0.0, [], 0
+            ledger, wall0 = [], time.perf_counter()
             step += 1
         refill()
     drain = getattr(runtime, "drain", None)

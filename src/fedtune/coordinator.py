@@ -18,7 +18,8 @@ import torch
 
 from .algorithms.compression import pack_vector, unpack_vector
 from .algorithms.fairness import fairness_summary
-from .algorithms.strategy import Strategy, scaffold_control_step, server_step
+from .algorithms.fold import RoundFold
+from .algorithms.strategy import Strategy, scaffold_control_step
 from .config import RunConfig
 from .energy import EnergyMeter
 from .node.node import Workbench, derived_seed
@@ -91,10 +92,13 @@ class Coordinator:
             bench.flat.device)
 
     # -- server-side work ----------------------------------------------------------------
-    def _server_meter(self, round_: int, phase: str, work: Callable[[], int]) -> NodeRoundRecord:
+    def _server_meter(self, round_: int, phase: str, work: Callable[[], int], *,
+                      extra_cpu: float = 0.0) -> NodeRoundRecord:
+        """Run ``work`` and meter it; ``extra_cpu`` adds CPU seconds spent on the same phase
+        earlier (folding updates while they arrived)."""
         wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
         examples = work()
-        cpu = time.process_time() - cpu0
+        cpu = time.process_time() - cpu0 + extra_cpu
         joules = self.meter.stop(token, cpu)
         return NodeRoundRecord(round_, SERVER, phase, examples, 0, float("nan"),
                                time.perf_counter() - wall0, cpu, 0, 0, joules,
@@ -161,26 +165,57 @@ class Coordinator:
         aux = {"scaffold_c": st.control} if st.control is not None else {}
         order = {node_id: i for i, node_id in enumerate(selected)}
         ins = self._fit_instruction(round_, aux)
-        ok: list[FitRes] = []
+        # Runtimes deliver in arrival order; the fold sums in selection order, so every
+        # runtime sums the same numbers in the same order (bitwise-equal results), and
+        # holds one accumulator, not K updates.
+        fold = self.new_fold()
+        fold_cpu = 0.0
+        taken: dict[str, int] = {}  # node -> examples of its folded update
         failed: list[str] = []
         ledger: list[NodeRoundRecord] = []
         for reply in self.runtime.fit(selected, ins):
-            res, row = self.screen(reply, round_, expected_round=round_, allowed=order, ok=ok)
+            res, row = self.screen(reply, round_, expected_round=round_, allowed=order,
+                                   seen=taken)
+            del reply
             ledger.append(row)
             if res is None:
                 failed.append(row.node_id)
-            else:
-                ok.append(res)
-        # Runtimes deliver in arrival order; aggregate in selection order so every runtime
-        # sums the same numbers in the same order (bitwise-equal results).
-        ok.sort(key=lambda r: order[r.node_id])
+                if row.node_id in order:
+                    fold.skip(order[row.node_id])
+                continue
+            taken[res.node_id] = res.num_examples
+            fold_cpu += self.fold_in(fold, res, 1.0, position=order[res.node_id])
+            del res  # a large update's receive buffer is freed once it is folded
+        fold.close()
         late = self._late_updates(round_, ledger)
+        examples = sum(taken.values())
         ledger.append(self._server_meter(round_, "aggregate",
-                                         lambda: self._aggregate(ok, late)))
-        return self.close_round(round_, ok, failed, ledger, wall0)
+                                         lambda: self.apply_fold(fold, late, examples),
+                                         extra_cpu=fold_cpu))
+        nodes = sorted(taken, key=order.__getitem__)
+        return self.close_round(round_, nodes, failed, ledger, wall0)
+
+    def new_fold(self) -> RoundFold:
+        return RoundFold(self.strategy.aggregator,
+                         normalize_by_steps=self.strategy.normalize_by_steps)
+
+    def fold_in(self, fold: RoundFold, res: FitRes, factor: float, *,
+                position: int | None = None) -> float:
+        """Fold one valid update (weighted by examples x ``factor``, or by ``factor`` alone
+        with strategy.weighting = "uniform"); ``position`` None folds it now. Returns the
+        CPU seconds it took (metered as the round's aggregation)."""
+        cpu0 = time.thread_time()
+        weight = float(res.num_examples) * factor \
+            if self.cfg.strategy.weighting == "examples" else factor
+        dc = res.aux.get("scaffold_dc") if self.state.control is not None else None
+        if position is None:
+            fold.append(res.update, weight, float(res.num_steps), dc)
+        else:
+            fold.offer(position, res.update, weight, float(res.num_steps), dc)
+        return time.thread_time() - cpu0
 
     def screen(self, reply: Reply, round_: int, *, expected_round: int | None,
-               allowed: Container[str], ok: list[FitRes],
+               allowed: Container[str], seen: Container[str],
                ) -> tuple[FitRes | None, NodeRoundRecord]:
         """Decode and validate one reply: (the usable result or None, its ledger row)."""
         res = reply.result
@@ -196,7 +231,7 @@ class Coordinator:
         if problem is None and expected_round is not None and isinstance(res, FitRes) \
                 and res.round != expected_round:
             problem = f"answered round {res.round} during round {expected_round} (stale)"
-        if problem is None and any(r.node_id == node_id for r in ok):
+        if problem is None and node_id in seen:
             problem = "answered twice"
         if problem is None and isinstance(res, FitRes):
             m = res.meter
@@ -209,7 +244,7 @@ class Coordinator:
                                      reply.bytes_down, reply.bytes_up, 0.0, 0.0,
                                      str(problem)[:200])
 
-    def close_round(self, round_: int, nodes: list[FitRes], failed: list[str],
+    def close_round(self, round_: int, nodes: list[str], failed: list[str],
                     ledger: list[NodeRoundRecord], wall0: float) -> RoundRecord:
         """After aggregation: central steps, evaluation, the record, the store, callbacks."""
         st, cfg = self.state, self.cfg
@@ -225,7 +260,7 @@ class Coordinator:
         train_loss = float(np.average([n.train_loss for n in fit], weights=weights)) \
             if fit and sum(weights) else float("nan")
         record = RoundRecord(
-            round=round_, nodes=[r.node_id for r in nodes], failed=failed,
+            round=round_, nodes=nodes, failed=failed,
             train_loss=train_loss, test_loss=test.get("loss"),
             test_accuracy=test.get("accuracy"), wall_s=time.perf_counter() - wall0,
             bytes_down=sum(n.bytes_down for n in ledger), bytes_up=sum(n.bytes_up for n in ledger),
@@ -278,31 +313,27 @@ class Coordinator:
                                           bytes_up, m.energy_j, m.co2_g, m.energy_method))
         return out
 
-    def _aggregate(self, ok: list[FitRes], late: Sequence[tuple[FitRes, float]] = (),
-                   min_updates: int | None = None) -> int:
+    def apply_fold(self, fold: RoundFold, late: Sequence[tuple[FitRes, float]] = (),
+                   examples: int = 0, min_updates: int | None = None) -> int:
+        """Finish the fold (plus late updates) and take the server step; returns the
+        examples behind it (0 when too few updates came and the model stays unchanged)."""
         st = self.state
-        factors = [1.0] * len(ok) + [f for _, f in late]
-        ok = ok + [r for r, _ in late]
+        for res, factor in late:
+            self.fold_in(fold, res, factor)
+            examples += res.num_examples
         needed = self.cfg.strategy.min_nodes if min_updates is None else min_updates
-        if len(ok) < needed:
+        if fold.count < needed:
             log.warning("round %d: only %d valid updates, strategy.min_nodes = %d; the global "
-                        "model is unchanged", st.round + 1, len(ok), self.cfg.strategy.min_nodes)
+                        "model is unchanged", st.round + 1, fold.count,
+                        self.cfg.strategy.min_nodes)
             return 0
-        updates = torch.stack([r.update for r in ok])
-        if self.cfg.strategy.weighting == "examples":
-            weights = torch.tensor([float(r.num_examples) * f for r, f in zip(ok, factors,
-                                                                                strict=True)])
-        else:
-            weights = torch.tensor(factors)
-        steps = torch.tensor([float(r.num_steps) for r in ok])
-        st.params, st.opt_state = server_step(self.strategy, st.params, updates,
-                                              weights.to(updates.device),
-                                              steps.to(updates.device),
-                                              st.opt_state)  # type: ignore[arg-type]
-        if st.control is not None:
-            dcs = torch.stack([r.aux["scaffold_dc"] for r in ok])
-            st.control = scaffold_control_step(st.control, dcs, len(self.runtime.node_ids))
-        return sum(r.num_examples for r in ok)
+        delta = fold.delta(self.strategy.aggregator).to(st.params.device)
+        st.params, st.opt_state = self.strategy.server_opt.apply(
+            st.params, delta, st.opt_state)  # type: ignore[arg-type]
+        dc_sum = fold.control_delta_sum()
+        if st.control is not None and dc_sum is not None:
+            st.control = scaffold_control_step(st.control, dc_sum, len(self.runtime.node_ids))
+        return examples
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue after the current round, as named tensors."""

@@ -4,6 +4,11 @@ Each function is pure: it reads the stacked updates (and weights) and returns on
 vector. Weighted mean is the FedAvg rule; coordinate-wise median and trimmed mean are the
 simple robust rules (they ignore weights by design).
 
+The weighted mean is also available as a running sum, :class:`WeightedSum`, so a
+coordinator can fold each update in as it arrives and hold one accumulator instead of K
+updates. :func:`weighted_mean` is that same fold over the rows, so stacking and streaming
+give bit-for-bit the same vector when the rows come in the same order.
+
 References:
     McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
     Decentralized Data" (weighted mean).
@@ -29,14 +34,47 @@ def _check(updates: torch.Tensor, weights: torch.Tensor) -> None:
         raise ValueError("cannot aggregate zero updates")
 
 
+class WeightedSum:
+    """Sum_k c_k u_k folded one update at a time (``c_k`` a Python float).
+
+    The first update is scaled into a fresh accumulator; later ones are added in place, so
+    the memory is one vector whatever K is. Summation order is the call order: callers that
+    need reproducible results call :meth:`add` in a fixed order.
+    """
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, update: torch.Tensor, coef: float) -> None:
+        if self.total is None:
+            self.total = torch.mul(update, coef)
+        else:
+            if update.shape != self.total.shape:
+                raise ValueError(f"update of shape {tuple(update.shape)} does not match "
+                                 f"{tuple(self.total.shape)}")
+            self.total.add_(update, alpha=coef)
+        self.count += 1
+
+    def scaled(self, factor: float) -> torch.Tensor:
+        """The sum times ``factor``, in place (the fold is finished)."""
+        if self.total is None:
+            raise ValueError("cannot aggregate zero updates")
+        return self.total.mul_(factor)
+
+
 def weighted_mean(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Sum_k w_k u_k / sum_k w_k as one matrix-vector product."""
+    """Sum_k w_k u_k / sum_k w_k, folded row by row (the same numbers as a streaming
+    :class:`WeightedSum` over the same rows in the same order)."""
     _check(updates, weights)
-    w = weights.to(updates.dtype)
-    total = w.sum()
+    w = [float(x) for x in weights]
+    total = sum(w)
     if total <= 0:
         raise ValueError("aggregation weights sum to zero")
-    return (w / total) @ updates
+    acc = WeightedSum()
+    for row, wk in zip(updates, w, strict=True):
+        acc.add(row, wk)
+    return acc.scaled(1.0 / total)
 
 
 def coordinate_median(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from functools import partial
 import torch
 
 from .aggregate import AGGREGATORS, Aggregator, trimmed_mean, weighted_mean
+from .fold import RoundFold
 from .server_opt import SGD, Adaptive, OptState, ServerOptimizer
 
 NodePlanValue = int | float | str | bool
@@ -125,13 +126,13 @@ def build_strategy(name: str, params: StrategyParams | None = None) -> Strategy:
 
 def aggregate_updates(strategy: Strategy, updates: torch.Tensor, weights: torch.Tensor,
                       steps: torch.Tensor) -> torch.Tensor:
-    """Combine ``[K, D]`` updates into one direction (FedNova-normalized when asked)."""
-    if not strategy.normalize_by_steps:
-        return strategy.aggregator(updates, weights)
-    tau = steps.to(updates.dtype).clamp_min(1.0)
-    p = weights.to(updates.dtype) / weights.sum()
-    normalized = strategy.aggregator(updates / tau[:, None], weights)
-    return float((p * tau).sum()) * normalized
+    """Combine ``[K, D]`` updates into one direction (FedNova-normalized when asked): the
+    same fold, in row order, as a coordinator's :class:`RoundFold` over arriving updates."""
+    fold = RoundFold(strategy.aggregator, normalize_by_steps=strategy.normalize_by_steps)
+    for k, (row, w, tau) in enumerate(zip(updates, weights.tolist(), steps.tolist(),
+                                          strict=True)):
+        fold.offer(k, row, float(w), float(tau))
+    return fold.delta(strategy.aggregator)
 
 
 def server_step(strategy: Strategy, params: torch.Tensor, updates: torch.Tensor,
@@ -142,10 +143,11 @@ def server_step(strategy: Strategy, params: torch.Tensor, updates: torch.Tensor,
     return strategy.server_opt.apply(params, delta, state)
 
 
-def scaffold_control_step(control: torch.Tensor, control_deltas: torch.Tensor,
+def scaffold_control_step(control: torch.Tensor, control_delta_sum: torch.Tensor,
                           num_nodes: int) -> torch.Tensor:
-    """c <- c + (1/N) sum_{i in S} delta c_i (Karimireddy et al. 2020, Algorithm 1)."""
-    return control + control_deltas.sum(dim=0) / num_nodes
+    """c <- c + (1/N) sum_{i in S} delta c_i (Karimireddy et al. 2020, Algorithm 1), given
+    the sum of the selected nodes' deltas."""
+    return control + control_delta_sum / num_nodes
 
 
 __all__ = ["STRATEGIES", "Strategy", "StrategyParams", "aggregate_updates", "build_strategy",

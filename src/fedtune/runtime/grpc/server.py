@@ -87,7 +87,7 @@ class GrpcRuntime:
                      ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                      ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.bdp_probe", 0)])
-        self.server.add_generic_rpc_handlers((session_handler(self.Session),))
+        self.server.add_generic_rpc_handlers((session_handler(self.session),))
         try:
             self.port = self._listen(settings)
         except RuntimeError:  # grpc raises when the port cannot be bound
@@ -265,7 +265,7 @@ class GrpcRuntime:
                               f"client certificate is not issued to site {site!r}")
         return site
 
-    def Session(self, request_iterator: Iterator[Frame],  # noqa: N802 - the RPC's name
+    def session(self, request_iterator: Iterator[Frame],
                 context: grpc.ServicerContext) -> Iterator[bytes]:
         site = self._authenticate(context)
         try:

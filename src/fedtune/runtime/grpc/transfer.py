@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ...errors import MessageError
 from ...wire import decode, encode_views, iter_chunks
@@ -101,7 +102,7 @@ def parse_frame(raw: bytes) -> Frame:
         env = Chunk.FromString(head)
     except MessageError as exc:
         return Frame(Chunk(), view[:0], str(exc))
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+    except DecodeError as exc:
         return Frame(Chunk(), view[:0], f"frame is not a valid Chunk protobuf ({exc})")
     return Frame(env, view[span[1]:span[2]])
 
