@@ -3,20 +3,30 @@
 The coordinator is fedtune's gRPC server runtime in this process; each site is a separate
 process that speaks the real protocol (the same chunked Session stream as `fedtune join`):
 it receives the FitIns, and answers with a FitRes whose update is as large as the model.
-Sites report when their download started and ended and when their upload started, so each
-stream's throughput is measured where it happens. Coordinator peak memory is this process's
-maximum RSS minus its RSS before the model existed, as a multiple of the model size.
-Uploads are limited to one in flight (server.max_concurrent_uploads = 1) and each reply is
-dropped once received, as a streaming aggregator does.
+The coordinator does with the replies what `fedtune serve` does: folds each into one running
+weighted sum in selection order as it arrives, then takes the FedAvg server step.
+
+Per stream: a download's rate is measured at its site (first to last byte), an upload's at
+the coordinator (from the moment its buffer is admitted to the last byte). Each setting runs
+`--rounds` rounds (default 3) in a fresh process; rates are the median over rounds 2+, and
+round 1 is reported on its own: it includes the first touch of fresh memory, which on this
+VM costs up to 2.8 s per GB (the host backs guest memory lazily), and a long-running
+federation pays it once. Coordinator peak memory is this process's maximum RSS minus its RSS
+before the model existed, as a multiple of the model size.
+
+Settings (`--at-once`): 1 = server.max_concurrent_uploads = max_concurrent_downloads = 1
+(one large transfer at a time: uploads are read one by one and only while no broadcast is
+being sent); 4 = no limits (all four streams at once).
 
 Prints a human summary and, last, one JSON line of figures.
-Usage: python bench/transfer.py [--sizes-mb 100 1000]
+Usage: python bench/transfer.py [--sizes-mb 100 1000] [--at-once 1 4] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import resource
 import statistics
@@ -82,9 +92,11 @@ def rss_mb() -> float:
     return 0.0
 
 
-def measure(size_mb: int, port: int) -> dict:
+def measure(size_mb: int, port: int, limit: int, rounds: int) -> dict:
     import torch
 
+    from fedtune.algorithms.fold import RoundFold
+    from fedtune.algorithms.strategy import build_strategy
     from fedtune.config import ServerSection
     from fedtune.runtime.grpc.server import GrpcRuntime
     from fedtune.types import FitIns, FitRes
@@ -92,34 +104,60 @@ def measure(size_mb: int, port: int) -> dict:
     address = f"127.0.0.1:{port}"
     numel = size_mb * 2**20 // 4
     runtime = GrpcRuntime(ServerSection(address=address, insecure_no_auth=True,
-                                        max_concurrent_uploads=1, round_deadline_s=3600),
+                                        max_concurrent_uploads=limit,
+                                        max_concurrent_downloads=limit, round_deadline_s=3600),
                           welcome={}, expected_bytes=numel * 4 + 2**20)
     sites = [subprocess.Popen([sys.executable, __file__, "--site", address, f"site-{i}"])
              for i in range(SITES)]
+    per_round = []
     try:
         runtime.wait_for_nodes(SITES)
         base = rss_mb()
+        strategy = build_strategy("fedavg")
         params = torch.randn(numel)
-        t0 = time.time()
-        down, up = [], []
-        for reply in runtime.fit(runtime.node_ids, FitIns(1, params, {})):
-            t_reply = time.time()
-            res = reply.result
-            assert isinstance(res, FitRes), res
-            m = res.meter
-            down.append(size_mb / max(m.cpu_s - m.wall_s, 1e-9))
-            up.append(size_mb / max(t_reply - m.energy_j, 1e-9))
-            del res, reply
-        total = time.time() - t0
+        opt_state = strategy.server_opt.init(params)
+        selected = runtime.node_ids
+        for round_ in range(1, rounds + 1):
+            t0 = time.time()
+            down = []
+            runtime.received.clear()
+            # what the coordinator does with the replies: fold each in selection order as
+            # it arrives (one accumulator), then one server step
+            fold = RoundFold(strategy.aggregator)
+            for reply in runtime.fit(selected, FitIns(round_, params, {})):
+                res = reply.result
+                del reply
+                assert isinstance(res, FitRes), res
+                m = res.meter
+                down.append(size_mb / max(m.cpu_s - m.wall_s, 1e-9))
+                if os.environ.get("FEDTUNE_BENCH_TRACE"):
+                    print(f"round {round_} {res.node_id}: download {m.wall_s - t0:.2f}.."
+                          f"{m.cpu_s - t0:.2f} s, upload from {m.energy_j - t0:.2f} s, folded "
+                          f"{time.time() - t0:.2f} s", file=sys.stderr)
+                fold.offer(selected.index(res.node_id), res.update, 1.0, 1.0)
+                del res
+            fold.close()
+            params, opt_state = strategy.server_opt.apply(
+                params, fold.delta(strategy.aggregator), opt_state)
+            del fold
+            up = [size_mb * 2**20 / seconds / 2**20 for _, _, seconds in runtime.received]
+            per_round.append({"down": statistics.median(down), "up": statistics.median(up),
+                              "min": min(down + up), "s": time.time() - t0})
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         runtime.close()
         for p in sites:
             p.wait(timeout=120)
-    return {"size_mb": size_mb, "download_mb_s_per_stream": statistics.median(down),
-            "upload_mb_s_per_stream": statistics.median(up),
-            "min_stream_mb_s": min(down + up),
-            "round_trip_s": total, "aggregate_mb_s": 2 * SITES * size_mb / total,
+    steady = per_round[1:] or per_round
+    return {"size_mb": size_mb, "transfers_at_once": limit or SITES, "rounds": rounds,
+            "download_mb_s_per_stream": statistics.median(r["down"] for r in steady),
+            "upload_mb_s_per_stream": statistics.median(r["up"] for r in steady),
+            "min_stream_mb_s": min(r["min"] for r in steady),
+            "round_s": statistics.median(r["s"] for r in steady),
+            "aggregate_mb_s": 2 * SITES * size_mb / statistics.median(r["s"] for r in steady),
+            "first_round": {"download_mb_s_per_stream": per_round[0]["down"],
+                            "upload_mb_s_per_stream": per_round[0]["up"],
+                            "round_s": per_round[0]["s"]},
             "coordinator_peak_over_base_mb": peak - base,
             "coordinator_peak_x_model": (peak - base) / size_mb}
 
@@ -130,27 +168,36 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--at-once", type=int, nargs="+", default=[1, SITES],
+                        help="server.max_concurrent_uploads/downloads settings to measure")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     import socket
 
     rows = []
-    for size in args.sizes_mb:
-        # each size in a fresh process so peak RSS belongs to that size alone
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.run([sys.executable, __file__, "--measure", str(size), str(port)],
-                              capture_output=True, text=True, check=True)
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(f"{size:5d} MB x {SITES} sites: download {r['download_mb_s_per_stream']:.0f} MB/s "
-              f"per stream, upload {r['upload_mb_s_per_stream']:.0f} MB/s per stream (target "
-              f">= 500), coordinator peak {r['coordinator_peak_x_model']:.2f}x the model (<= 3)")
+    for at_once in args.at_once:
+        for size in args.sizes_mb:
+            # each setting in a fresh process so peak RSS belongs to that setting alone
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            proc = subprocess.run([sys.executable, __file__, "--measure", str(size), str(port),
+                                   str(0 if at_once >= SITES else at_once), str(args.rounds)],
+                                  capture_output=True, text=True, check=True)
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"{size:5d} MB x {SITES} sites, {r['transfers_at_once']} transfer(s) at once: "
+                  f"download {r['download_mb_s_per_stream']:.0f} MB/s per stream, upload "
+                  f"{r['upload_mb_s_per_stream']:.0f} MB/s per stream (target >= 500), "
+                  f"all {r['aggregate_mb_s']:.0f} MB/s (rounds 2+; round 1: "
+                  f"{r['first_round']['download_mb_s_per_stream']:.0f} / "
+                  f"{r['first_round']['upload_mb_s_per_stream']:.0f}); coordinator peak "
+                  f"{r['coordinator_peak_x_model']:.2f}x the model (<= 3)")
     print(json.dumps({"bench": "transfer", "sites": SITES, "settings": rows}))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--measure":
-        print(json.dumps(measure(int(sys.argv[2]), int(sys.argv[3]))))
+    if len(sys.argv) == 6 and sys.argv[1] == "--measure":
+        print(json.dumps(measure(*map(int, sys.argv[2:]))))
     else:
         main()

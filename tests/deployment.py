@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import queue
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+import grpc
+
+from fedtune.runtime.grpc.fedtune_pb2 import Chunk
+from fedtune.runtime.grpc.fedtune_pb2_grpc import FederationStub
+from fedtune.runtime.grpc.transfer import Assembler, Frame, control_chunk
 
 from .conftest import FEDTUNE
 
@@ -72,3 +80,47 @@ class Federation:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+class RawSite:
+    """A hand-driven client that can send anything. It speaks through protobuf's generated
+    stub (not fedtune's hand-made frames), so it also checks that fedtune's frames are plain
+    ``Chunk`` protobufs both ways."""
+
+    def __init__(self, address: str, site: str, hello: bytes | None = None) -> None:
+        self.outbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue = queue.Queue()
+        self.channel = grpc.insecure_channel(address)
+        self.outbox.put(hello or control_chunk("hello", site=site))
+        self.outbox.put(control_chunk("ready", site=site))
+
+        def requests():
+            while (item := self.outbox.get()) is not None:
+                yield Chunk.FromString(item) if isinstance(item, bytes) else item
+
+        self.responses = FederationStub(self.channel).Session(
+            requests(), metadata=(("x-fedtune-site", site),))
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for chunk in self.responses:
+                self.inbox.put(chunk)
+        except grpc.RpcError:
+            pass
+        self.inbox.put(None)
+
+    def next_message(self):
+        asm = Assembler(2**30)
+        while True:
+            chunk = self.inbox.get(timeout=30)
+            if chunk is None or chunk.kind in ("welcome", "error", "stop"):
+                return chunk
+            done = asm.add(Frame(chunk, memoryview(chunk.data)))
+            if done is not None:
+                return done
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.responses.cancel()
+        self.channel.close()

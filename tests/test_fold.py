@@ -79,7 +79,7 @@ def test_fednova_and_robust_aggregators_match_the_stacked_path(rows):
 
 
 def test_the_robust_path_keeps_copies_not_the_received_buffers(rows):
-    updates, weights = rows
+    updates, _ = rows
     fold = RoundFold(coordinate_median)
     received = updates[0].clone()
     fold.offer(0, received, 1.0, 1.0)

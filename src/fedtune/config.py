@@ -170,6 +170,7 @@ class ServerSection(Section):
     wait_for_sites_s: float = Field(600.0, gt=0)
     chunk_kb: int = Field(4096, ge=16, le=16384)
     max_concurrent_uploads: int = Field(0, ge=0)
+    max_concurrent_downloads: int = Field(0, ge=0)
     max_message_mb: int = Field(8192, ge=1)
 
     @field_validator("address")

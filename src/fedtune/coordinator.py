@@ -37,6 +37,7 @@ from .types import (
     RunResult,
     Scalar,
 )
+from .wire import all_finite
 
 log = logging.getLogger("fedtune")
 SERVER = "coordinator"
@@ -150,7 +151,7 @@ class Coordinator:
         if res.update.shape != self.state.params.shape:
             return f"update has shape {tuple(res.update.shape)}, expected " \
                    f"{tuple(self.state.params.shape)}"
-        if not bool(torch.isfinite(res.update).all()):
+        if not all_finite(res.update):
             return "update holds NaN or infinite values"
         if res.num_examples <= 0:
             return f"update claims {res.num_examples} examples"

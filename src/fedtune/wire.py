@@ -23,6 +23,7 @@ import struct
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import MessageError
@@ -105,20 +106,29 @@ def iter_chunks(views: list[memoryview], chunk_bytes: int) -> Any:
         yield pending
 
 
+def all_finite(t: torch.Tensor, block: int = 1 << 20) -> bool:
+    """No NaN or infinity in ``t``, checked a block at a time (no mask as large as ``t``)."""
+    if not t.is_floating_point():
+        return True
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + block]).all())
+               for i in range(0, flat.numel(), block))
+
+
 def _tensor_at(data: Any, view: memoryview, offset: int, nbytes: int,
                dtype: torch.dtype) -> torch.Tensor:
     if nbytes == 0:
         return torch.empty(0, dtype=dtype)
-    if isinstance(data, bytearray) and offset % dtype.itemsize == 0:
+    if isinstance(data, bytearray | np.ndarray) and offset % dtype.itemsize == 0:
         # zero-copy: the tensor shares the receive buffer, which stays alive with it
         return torch.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
     return torch.frombuffer(bytearray(view[offset:offset + nbytes]), dtype=dtype)
 
 
-def decode(data: bytes | bytearray | memoryview, *, max_bytes: int | None = None,
+def decode(data: bytes | bytearray | memoryview | np.ndarray, *, max_bytes: int | None = None,
            require_finite: bool = True) -> Any:
     """Parse and validate bytes made by :func:`encode`."""
-    view = memoryview(data)
+    view = memoryview(data)  # type: ignore[arg-type]  # numpy arrays are buffers
     if max_bytes is not None and len(view) > max_bytes:
         raise MessageError(f"message of {len(view)} bytes exceeds the limit of {max_bytes}")
     if len(view) < 8 or bytes(view[:4]) != MAGIC:
@@ -143,7 +153,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int | None = None
             raise MessageError(f"tensor {name!r} claims shape {shape} / {nbytes} bytes, which "
                                "does not fit the message")
         t = _tensor_at(data, view, offset, nbytes, tdtype).view(shape)
-        if require_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if require_finite and not all_finite(t):
             raise MessageError(f"tensor {name!r} holds NaN or infinite values")
         offset += nbytes
         if name.startswith("aux."):

@@ -50,8 +50,8 @@ class SGD:
 
     def apply(self, params: torch.Tensor, delta: torch.Tensor,
               state: OptState) -> tuple[torch.Tensor, OptState]:
-        if state.m is None:
-            return params + self.lr * delta, OptState(state.step + 1, None, None)
+        if state.m is None:  # one new tensor, no temporary: the coordinator's peak memory
+            return torch.add(params, delta, alpha=self.lr), OptState(state.step + 1, None, None)
         m = self.momentum * state.m + delta
         step = delta + self.momentum * m if self.nesterov else m
         return params + self.lr * step, OptState(state.step + 1, m, None)

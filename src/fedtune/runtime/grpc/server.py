@@ -17,9 +17,11 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -30,6 +32,8 @@ from ...types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
 from ...wire import encode_views, encoded_size
 from ..base import Reply
 from . import SCHEMA_VERSION
+from .gate import SMALL_MESSAGE, UploadGate
+from .memory import limit_malloc_arenas, release_free_memory
 from .security import load_tokens, read_file, token_matches
 from .transfer import (
     MAX_FRAME_BYTES,
@@ -61,6 +65,7 @@ class GrpcRuntime:
     def __init__(self, settings: ServerSection, *, welcome: dict[str, Any],
                  expected_bytes: int) -> None:
         self.settings = settings
+        limit_malloc_arenas()  # this is a coordinator process: see memory.py
         self.welcome = json.dumps(welcome)
         self.chunk_bytes = settings.chunk_kb * 1024
         self.max_bytes = min(settings.max_message_mb * 2**20, max(expected_bytes, 2**20))
@@ -74,10 +79,15 @@ class GrpcRuntime:
         self.results: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self.late: list[tuple[FitRes, int]] = []
         self.async_pending: dict[int, tuple[str, int, int]] = {}  # task -> site, round, bytes
-        # Bounds the receive buffers alive at once (each is a whole message): with a large
-        # model, uploads then queue in gRPC's flow control instead of in coordinator memory.
-        limit = settings.max_concurrent_uploads
-        self.upload_slots = threading.BoundedSemaphore(limit) if limit else None
+        # Bounds the received updates alive at once (each is a whole message): with a large
+        # model, uploads then wait in gRPC's flow control instead of in coordinator memory.
+        self.gate = UploadGate(settings.max_concurrent_uploads)
+        # (site, bytes, seconds from admission to the last byte) of recent messages
+        self.received: deque[tuple[str, int, float]] = deque(maxlen=1000)
+        # Large broadcasts go to this many sites at a time: on a coordinator whose CPU or
+        # link is the bottleneck, the first site gets its model sooner and the last no later.
+        limit = settings.max_concurrent_downloads
+        self.download_slots = threading.BoundedSemaphore(limit) if limit else None
         self.task_ids = itertools.count(1)
         self.generations = itertools.count(1)
         self.server = grpc.server(
@@ -196,10 +206,19 @@ class GrpcRuntime:
                 if sess is None or not sess.alive:
                     absent.append(site)
                     continue
-                task_id = next(self.task_ids)
+                waiting[next(self.task_ids)] = site
+            self.gate.begin(waiting)  # uploads are read in selection order
+            for task_id, site in waiting.items():
+                sess = self.sessions[site]
                 sess.task_id = task_id
-                waiting[task_id] = site
                 sess.outbox.put((kind, task_id, ins.round, views))
+        try:
+            yield from self._replies(ins, waiting, absent, down)
+        finally:
+            self.gate.end()
+
+    def _replies(self, ins: FitIns | EvalIns, waiting: dict[int, str], absent: list[str],
+                 down: int) -> Iterator[Reply]:
         for site in absent:
             yield Reply(NodeFailure(site, ins.round, "not connected"), 0, 0)
         deadline = time.monotonic() + self.settings.round_deadline_s
@@ -219,6 +238,8 @@ class GrpcRuntime:
                 reply = Reply(NodeFailure(site, ins.round, str(payload)), down, 0)
             del payload  # the consumer decides how long a (large) result lives
             yield reply
+            if reply.bytes_up >= SMALL_MESSAGE:
+                release_free_memory()  # the chunks it came in (see memory.py)
             del reply
         with self.lock:
             for task_id, site in waiting.items():
@@ -236,7 +257,10 @@ class GrpcRuntime:
         if self.settings.stragglers == "stale" and isinstance(result, FitRes):
             log.info("kept a late update from %s (round %d) for the next aggregation", site,
                      result.round)
-            self.late.append((result, int(payload[1])))
+            # a copy, so the receive buffer (and its upload slot) is freed now
+            kept = replace(result, update=result.update.clone(),
+                           aux={k: v.clone() for k, v in result.aux.items()})
+            self.late.append((kept, int(payload[1])))
         else:
             log.warning("dropped a late or unexpected result from %s (task %d)", site, task_id)
 
@@ -299,8 +323,30 @@ class GrpcRuntime:
                 yield item
                 continue
             kind, task_id, round_, views = item
-            yield from message_chunks(kind, None, task_id=task_id, round_=round_,
-                                      chunk_bytes=self.chunk_bytes, views=views)
+            if sum(len(v) for v in views) < SMALL_MESSAGE:
+                yield from message_chunks(kind, None, task_id=task_id, round_=round_,
+                                          chunk_bytes=self.chunk_bytes, views=views)
+                continue
+            with self._sending():  # ends when the last chunk is sent, or the stream ends
+                yield from message_chunks(kind, None, task_id=task_id, round_=round_,
+                                          chunk_bytes=self.chunk_bytes, views=views)
+
+    @contextmanager
+    def _sending(self) -> Iterator[None]:
+        """A large broadcast to one site: takes a download slot (server.
+        max_concurrent_downloads) and holds large uploads back while it lasts (when
+        server.max_concurrent_uploads is set)."""
+        if self.download_slots is not None:
+            self.download_slots.acquire()
+        if self.gate.limit:
+            self.gate.sending_started()
+        try:
+            yield
+        finally:
+            if self.gate.limit:
+                self.gate.sending_finished()
+            if self.download_slots is not None:
+                self.download_slots.release()
 
     def _drop(self, sess: SiteSession, why: str) -> None:
         with self.lock:
@@ -309,14 +355,14 @@ class GrpcRuntime:
             sess.alive = False
             if self.sessions.get(sess.site) is sess and sess.task_id:
                 self.results.put((sess.site, sess.task_id, f"site {why} during the task"))
+                self.gate.abandon(sess.task_id)
                 sess.task_id = 0
             self.lock.notify_all()
         sess.outbox.put(_CLOSE)
         log.info("site %s left (%s)", sess.site, why)
 
     def _read(self, sess: SiteSession, requests: Iterator[Frame]) -> None:
-        assembler = Assembler(self.max_bytes)
-        holding = False
+        assembler = Assembler(self.max_bytes, admit=self.gate.admit)
         try:
             for chunk in requests:
                 if chunk.kind == "ready":
@@ -325,17 +371,12 @@ class GrpcRuntime:
                         self.lock.notify_all()
                     log.info("site %s ready", sess.site)
                     continue
-                if chunk.first and self.upload_slots is not None and not holding:
-                    self.upload_slots.acquire()
-                    holding = True
-                if chunk.last and holding and self.upload_slots is not None:
-                    holding = False
-                    self.upload_slots.release()
                 if chunk.kind == "error":
                     log.warning("site %s reports: %s", sess.site, chunk.text)
                     if chunk.task_id and chunk.task_id == sess.task_id:
                         self.results.put((sess.site, chunk.task_id,
                                           f"site error: {chunk.text}"))
+                        self.gate.abandon(chunk.task_id)
                     continue
                 try:
                     done = assembler.add(chunk)
@@ -347,21 +388,27 @@ class GrpcRuntime:
                                            f"{type(result).__name__} of "
                                            f"{getattr(result, 'node_id', '?')!r}")
                 except MessageError as exc:
+                    # free the message's buffer (and its upload slot)
+                    done = result = assembler.current = None
                     log.warning("invalid message from site %s: %s", sess.site, exc)
                     sess.outbox.put(control_chunk("error", text=str(exc), task_id=chunk.task_id))
                     if chunk.task_id and chunk.task_id == sess.task_id:
                         self.results.put((sess.site, chunk.task_id, f"invalid message: {exc}"))
+                        self.gate.abandon(chunk.task_id)
                     continue
                 with self.lock:
                     if sess.task_id == done.task_id:
                         sess.task_id = 0
+                seconds = time.perf_counter() - done.started
+                self.received.append((sess.site, len(done.buffer), seconds))
+                log.debug("received %d bytes from %s in %.3f s", len(done.buffer), sess.site,
+                          seconds)
                 self.results.put((sess.site, done.task_id, (result, len(done.buffer))))
                 # drop this thread's references: a large model's buffer must die with its
                 # consumer, not live on here until the next message
-                del done, result
+                done = result = None
         except grpc.RpcError:
             pass
         finally:
-            if holding and self.upload_slots is not None:
-                self.upload_slots.release()
+            assembler.current = None
             self._drop(sess, "disconnected")

@@ -16,17 +16,20 @@ without copying. Both directions use this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from ...errors import MessageError
 from ...wire import decode, encode_views, iter_chunks
 from . import SCHEMA_VERSION
 from .fedtune_pb2 import Chunk
+from .gate import ReceiveBuffer, new_buffer
 
 _DATA_FIELD = 9
 _DATA_TAG = bytes([_DATA_FIELD << 3 | 2])  # field 9, wire type 2 (length-delimited)
@@ -159,15 +162,22 @@ class Assembly:
     kind: str
     task_id: int
     round: int
-    buffer: bytearray
+    buffer: ReceiveBuffer
     filled: int = 0
+    started: float = field(default_factory=time.perf_counter)  # when its buffer was ready
 
 
 class Assembler:
     """Reassembles chunk streams; raises :class:`MessageError` on anything malformed."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int,
+                 admit: Callable[[int, int, Callable[[int], ReceiveBuffer]], ReceiveBuffer]
+                 | None = None,
+                 ) -> None:
+        """``admit(task_id, size, new_buffer)`` may wait before allocating a message's
+        buffer (see :class:`~fedtune.runtime.grpc.gate.UploadGate`)."""
         self.max_bytes = max_bytes
+        self.admit = admit
         self.current: Assembly | None = None
 
     def add(self, chunk: Frame) -> Assembly | None:
@@ -183,8 +193,10 @@ class Assembler:
                 self.current = None
                 raise MessageError(f"message of {chunk.total_bytes} bytes exceeds the limit of "
                                    f"{self.max_bytes} (server.max_message_mb)")
-            self.current = Assembly(chunk.kind, chunk.task_id, chunk.round,
-                                    bytearray(chunk.total_bytes))
+            self.current = None  # an unfinished message's buffer is freed first
+            buffer = self.admit(chunk.task_id, chunk.total_bytes, new_buffer) \
+                if self.admit is not None else new_buffer(chunk.total_bytes)
+            self.current = Assembly(chunk.kind, chunk.task_id, chunk.round, buffer)
         cur = self.current
         if cur is None or chunk.task_id != cur.task_id:
             raise MessageError("chunk of a message whose first chunk never came")
@@ -192,7 +204,7 @@ class Assembler:
         if end > len(cur.buffer):
             self.current = None
             raise MessageError(f"message is longer than its declared {len(cur.buffer)} bytes")
-        cur.buffer[cur.filled:end] = chunk.data
+        cur.buffer[cur.filled:end] = np.frombuffer(chunk.data, dtype=np.uint8)
         cur.filled = end
         if not chunk.last:
             return None

@@ -1,0 +1,115 @@
+"""Admission of large uploads: how many received updates the coordinator holds at once.
+
+With ``server.max_concurrent_uploads = n``, a site's large message is read only when fewer
+than n received buffers are alive, so the rest wait in gRPC's flow control (in the sites'
+memory), not in the coordinator's. A buffer counts until it is freed, which happens when the
+coordinator has folded the update into its running aggregate (:mod:`fedtune.algorithms.fold`)
+or dropped it: memory is bounded by what is really held, not by what was received.
+
+The coordinator folds in selection order, so the gate admits a round's uploads in the same
+order: the k-th selected site's upload is read after the first k-1 were admitted or gave up
+(failed, disconnected, missed the deadline). Otherwise an early site's update could hold the
+only slot while its predecessors, which the fold needs first, could not be read.
+
+Large uploads are also not read while a large broadcast is being sent: in one Python process
+every copy of a chunk (framing, gRPC's buffers, reassembly) takes the interpreter lock, so
+sending and receiving at once halves both streams and delays the last site's model, and
+with it the round.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+SMALL_MESSAGE = 1 << 20  # messages below this size never wait (metrics, compressed updates)
+
+
+ReceiveBuffer = np.ndarray  # uint8; weak-referenceable, so its death can free a slot
+
+
+def new_buffer(size: int) -> ReceiveBuffer:
+    """A message's receive buffer. Not zero-filled (``bytearray(n)`` writes every page once
+    before the message does, which costs a third of a 1 GB transfer)."""
+    return np.empty(size, dtype=np.uint8)
+
+
+class UploadGate:
+    """Admits messages ``limit`` at a time (0: no limit), a round's in selection order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.cond = threading.Condition()
+        self.in_flight = 0
+        self.order: dict[int, int] = {}  # task id -> position in the current round
+        self.passed: set[int] = set()  # positions admitted or abandoned
+        self.next = 0
+        self.sending = 0  # large broadcasts being sent right now
+
+    def begin(self, task_ids: Iterable[int]) -> None:
+        """A round's tasks, in selection order."""
+        with self.cond:
+            self.order = {t: i for i, t in enumerate(task_ids)}
+            self.passed, self.next = set(), 0
+            self.cond.notify_all()
+
+    def end(self) -> None:
+        """The round is over: whatever still comes is admitted by count alone."""
+        self.begin(())
+
+    def abandon(self, task_id: int) -> None:
+        """The task's site failed or left: stop keeping its place in the order."""
+        with self.cond:
+            self._pass(task_id)
+
+    def _pass(self, task_id: int) -> None:
+        pos = self.order.get(task_id)
+        if pos is not None:
+            self.passed.add(pos)
+            while self.next in self.passed:
+                self.next += 1
+            self.cond.notify_all()
+
+    def sending_started(self) -> None:
+        with self.cond:
+            self.sending += 1
+
+    def sending_finished(self) -> None:
+        with self.cond:
+            self.sending -= 1
+            self.cond.notify_all()
+
+    def _may_enter(self, task_id: int) -> bool:
+        if self.in_flight >= self.limit or self.sending:
+            return False
+        pos = self.order.get(task_id)
+        return pos is None or pos <= self.next
+
+    def admit(self, task_id: int, size: int, buffer_factory: Callable[[int], ReceiveBuffer],
+              ) -> ReceiveBuffer:
+        """Wait for a slot, then allocate the message's buffer; the slot is freed when the
+        buffer is."""
+        if not self.limit or size < SMALL_MESSAGE:
+            with self.cond:
+                self._pass(task_id)
+            return buffer_factory(size)
+        with self.cond:
+            while not self._may_enter(task_id):
+                self.cond.wait()
+            self.in_flight += 1
+            self._pass(task_id)
+        try:
+            buffer = buffer_factory(size)
+        except BaseException:
+            self._release()
+            raise
+        weakref.finalize(buffer, self._release)
+        return buffer
+
+    def _release(self) -> None:
+        with self.cond:
+            self.in_flight -= 1
+            self.cond.notify_all()
