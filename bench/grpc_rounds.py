@@ -2,71 +2,214 @@
 
 The digits workload of bench/overhead.py (10 nodes Dirichlet(0.5), MLP 64-128-10, 1 local
 epoch, batch 32, SGD lr 0.05, central evaluation every round), 20 rounds; the figure is the
-median round time over rounds 3-20. The coordinator runs in this process (`serve`), each site
-is a `fedtune join --threads 1` process (ten sites share two cores here). Both runs must
-end with the same test loss (same numbers).
+median round time over rounds 3-20 (a round ends when the coordinator has recorded it). Each
+side runs in its own process, as users run them: the simulation as `fedtune run` does, the
+coordinator as `fedtune serve` does (OpenMP threads sleep while idle), each site as
+`fedtune join --threads 1` (ten sites share two cores here). Both runs must end with the
+same test loss (same numbers).
+
+A third figure is the floor this machine allows: the same ten site processes doing the same
+node training per round, driven by the plainest possible gRPC exchange (raw bytes echoed over
+one stream per site, no framework on either side). It shows how much of the gRPC round time
+is ten processes sharing two cores rather than fedtune.
 
 Prints a human summary and, last, one JSON line of figures.
-Usage: python bench/grpc_rounds.py
+Usage: python bench/grpc_rounds.py [--rounds 20]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import queue
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from itertools import pairwise
 from pathlib import Path
 
-ROUNDS = 20
-OVERRIDES = ["data.dataset=digits", "data.num_nodes=10", "data.partition=dirichlet",
+SITES = 10
+OVERRIDES = ["data.dataset=digits", f"data.num_nodes={SITES}", "data.partition=dirichlet",
              "data.alpha=0.5", "model.hidden=[128]", "local.epochs=1", "local.batch_size=32",
-             "local.lr=0.05", "local.momentum=0.0", f"run.rounds={ROUNDS}", "run.eval_every=1",
+             "local.lr=0.05", "local.momentum=0.0", "run.eval_every=1",
              "evaluation.personalize_steps=0", "run.checkpoint_every=0",
-             "strategy.min_nodes=10", "server.insecure_no_auth=true"]
+             f"strategy.min_nodes={SITES}", "server.insecure_no_auth=true"]
+IDLE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # what `fedtune serve` and `fedtune join` set
 
 
-def timed(fn, cfg) -> tuple[float, object]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(ws: str, port: int, rounds: int):
+    from fedtune.config import load_config
+
+    return load_config(None, [*OVERRIDES, f"run.rounds={rounds}", f"run.workspace=\"{ws}\"",
+                              f"server.address=\"127.0.0.1:{port}\""])
+
+
+def part_federated(kind: str, ws: str, port: int, rounds: int) -> dict:
+    """One side in this process: `run` (simulation) or `serve` (coordinator)."""
+    from fedtune.experiment import run, serve
+
     stamps: list[float] = []
-    result = fn(cfg, on_start=lambda *_: stamps.append(time.perf_counter()),
+    fn = run if kind == "run" else serve
+    result = fn(config(ws, port, rounds), on_start=lambda *_: stamps.append(time.perf_counter()),
                 on_round=lambda _: stamps.append(time.perf_counter()))
-    rounds = [b - a for a, b in pairwise(stamps)]
-    return statistics.median(rounds[2:]), result
+    rounds_s = [b - a for a, b in pairwise(stamps)]
+    return {"round_s": statistics.median(rounds_s[2:]), "test_loss": result.final_test_loss,
+            "test_accuracy": result.final_test_accuracy}
+
+
+def floor_site(address: str, node: str, ws: str, port: int, rounds: int) -> None:
+    """A site of the floor measurement: fedtune's Node trains, raw gRPC carries bytes."""
+    import grpc
+    import torch
+
+    from fedtune.experiment import make_meter
+    from fedtune.node.node import Node, Workbench
+    from fedtune.tasks import build_task
+    from fedtune.types import FitIns
+
+    torch.set_num_threads(1)
+    cfg = config(ws, port, rounds)
+    task = build_task(cfg)
+    data = {n.node_id: n for n in task.data.nodes}[node]
+    bench = Workbench.create(task, torch.device("cpu"), cfg.run.seed)
+    meter, co2 = make_meter(cfg)
+    worker = Node(data, seed=cfg.run.seed, meter=meter, co2_per_joule=co2,
+                  device=torch.device("cpu"))
+    params = bench.flat.vector.detach().clone()
+    plan = {**cfg.local.model_dump()}
+    outbox: queue.Queue = queue.Queue()
+    outbox.put(b"hello")
+
+    def requests():
+        while (item := outbox.get()) is not None:
+            yield item
+
+    channel = grpc.insecure_channel(address)
+    call = channel.stream_stream("/floor/Echo", request_serializer=None,
+                                 response_deserializer=None)
+    for round_, message in enumerate(call(requests()), start=1):
+        if message == b"stop":
+            break
+        worker.fit(FitIns(round_, params, plan), bench)
+        outbox.put(message)
+    outbox.put(None)
+    channel.close()
+
+
+def part_floor(ws: str, port: int, rounds: int) -> dict:
+    from concurrent import futures
+
+    import grpc
+
+    replies: queue.Queue = queue.Queue()
+    outboxes: list[queue.Queue] = []
+
+    def echo(requests, context):
+        box: queue.Queue = queue.Queue()
+        next(requests)
+        outboxes.append(box)
+
+        def read():
+            try:
+                for message in requests:
+                    replies.put(message)
+            except grpc.RpcError:
+                pass
+
+        threading.Thread(target=read, daemon=True).start()
+        while (message := box.get()) is not None:
+            yield message
+
+    handler = grpc.method_handlers_generic_handler(
+        "floor", {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
+    server = grpc.server(futures.ThreadPoolExecutor(32))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    env = {**os.environ, **IDLE_ENV}
+    sites = [subprocess.Popen([sys.executable, __file__, "--part", "floor-site",
+                               f"127.0.0.1:{port}", f"node-{i}", ws, str(port), str(rounds)],
+                              env=env) for i in range(SITES)]
+    while len(outboxes) < SITES:
+        time.sleep(0.05)  # start-up only: the sites import torch and load their data
+    payload = os.urandom(38_528)  # the digits FitIns / FitRes size
+    stamps = []
+    for _ in range(rounds):
+        for box in outboxes:
+            box.put(payload)
+        for _ in range(SITES):
+            replies.get()
+        stamps.append(time.perf_counter())
+    for box in outboxes:
+        box.put(b"stop")
+        box.put(None)
+    for p in sites:
+        p.wait(timeout=60)
+    server.stop(0)
+    rounds_s = [b - a for a, b in pairwise(stamps)]
+    return {"round_s": statistics.median(rounds_s[2:])}
+
+
+def run_part(args: list[str], env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--part", *args], capture_output=True,
+                         text=True, check=True, env={**os.environ, **(env or {})})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    from fedtune.config import load_config
-    from fedtune.experiment import run, serve
-
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    rounds = args.rounds
     fedtune = str(Path(sys.executable).parent / "fedtune")
-    with tempfile.TemporaryDirectory() as ws, socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        cfg = load_config(None, [*OVERRIDES, f"run.workspace=\"{ws}\"",
-                                 f"server.address=\"127.0.0.1:{port}\""])
-        local_round, local = timed(run, cfg)
+    with tempfile.TemporaryDirectory() as ws:
+        local = run_part(["run", ws, "0", str(rounds)])
+        port = free_port()
         sites = [subprocess.Popen([fedtune, "join", "--server", f"127.0.0.1:{port}", "--site",
                                    f"node-{i}", "--threads", "1"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for i in range(10)]
+                                  stderr=subprocess.DEVNULL) for i in range(SITES)]
         try:
-            grpc_round, remote = timed(serve, cfg)
+            remote = run_part(["serve", ws, str(port), str(rounds)], IDLE_ENV)
         finally:
             for p in sites:
                 p.wait(timeout=60)
-    figures = {"bench": "grpc_rounds", "sites": 10, "round_time_ratio": grpc_round / local_round,
-               "grpc_round_s": grpc_round, "inprocess_round_s": local_round,
-               "same_test_loss": remote.final_test_loss == local.final_test_loss,
-               "test_accuracy": remote.final_test_accuracy}
-    print(f"round over gRPC {grpc_round * 1000:.1f} ms vs in-process {local_round * 1000:.1f} ms:"
-          f" {figures['round_time_ratio']:.2f}x (target <= 1.5); same test loss: "
-          f"{figures['same_test_loss']}")
+        floor = run_part(["floor", ws, str(free_port()), str(rounds)])
+    figures = {"bench": "grpc_rounds", "sites": SITES,
+               "round_time_ratio": remote["round_s"] / local["round_s"],
+               "grpc_round_s": remote["round_s"], "inprocess_round_s": local["round_s"],
+               "floor_round_s": floor["round_s"],
+               "floor_ratio": floor["round_s"] / local["round_s"],
+               "fedtune_over_floor": remote["round_s"] / floor["round_s"],
+               "same_test_loss": remote["test_loss"] == local["test_loss"],
+               "test_accuracy": remote["test_accuracy"]}
+    print(f"round over gRPC {remote['round_s'] * 1000:.1f} ms vs in-process "
+          f"{local['round_s'] * 1000:.1f} ms: {figures['round_time_ratio']:.2f}x (target <= 1.5);"
+          f" same test loss: {figures['same_test_loss']}")
+    print(f"floor on this machine (same 10 site processes and node training, raw gRPC echo): "
+          f"{floor['round_s'] * 1000:.1f} ms, {figures['floor_ratio']:.2f}x in-process; "
+          f"fedtune over gRPC is {figures['fedtune_over_floor']:.2f}x the floor")
     print(json.dumps(figures))
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[1] == "--part":
+        part, rest = sys.argv[2], sys.argv[3:]
+        if part == "floor-site":
+            floor_site(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]))
+        elif part == "floor":
+            print(json.dumps(part_floor(rest[0], int(rest[1]), int(rest[2]))))
+        else:
+            print(json.dumps(part_federated(part, rest[0], int(rest[1]), int(rest[2]))))
+    else:
+        main()

@@ -92,8 +92,17 @@ def serve(
     resume: Annotated[bool, typer.Option(help="continue the newest incomplete run")] = False,
     run_id: Annotated[str | None, typer.Option("--run", help="with --resume: which run")] = None,
     output: Annotated[str, typer.Option(help="table or json")] = "table",
+    threads: Annotated[int, typer.Option(help="torch threads; 0 = torch's default")] = 0,
 ) -> None:
     """Coordinate real sites over gRPC (they connect with 'fedtune join')."""
+    # The coordinator idles while sites train: let OpenMP threads sleep instead of spinning
+    # (on a machine shared with sites, spinning took 6 ms of CPU per round from them in
+    # bench/grpc_rounds.py). Set before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from .config import load_config
     from .experiment import serve as serve_experiment
 

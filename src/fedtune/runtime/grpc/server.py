@@ -62,6 +62,8 @@ class SiteSession:
 class GrpcRuntime:
     """Serves sites over gRPC and drives them for the coordinator."""
 
+    checks_finite = True  # every received tensor was checked for NaN/inf when decoded
+
     def __init__(self, settings: ServerSection, *, welcome: dict[str, Any],
                  expected_bytes: int) -> None:
         self.settings = settings
