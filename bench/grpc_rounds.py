@@ -4,8 +4,9 @@ The digits workload of bench/overhead.py (10 nodes Dirichlet(0.5), MLP 64-128-10
 epoch, batch 32, SGD lr 0.05, central evaluation every round), 20 rounds; the figure is the
 median round time over rounds 3-20 (a round ends when the coordinator has recorded it). Each
 side runs in its own process, as users run them: the simulation as `fedtune run` does, the
-coordinator as `fedtune serve` does (OpenMP threads sleep while idle), each site as
-`fedtune join --threads 1` (ten sites share two cores here). Both runs must end with the
+coordinator as `fedtune serve --threads 1` does, each site as `fedtune join --threads 1`
+(eleven processes share two cores here, so each gets one torch thread; idle OpenMP threads
+sleep, as `serve` and `join` set). Both runs must end with the
 same test loss (same numbers).
 
 A third figure is the floor this machine allows: the same ten site processes doing the same
@@ -57,8 +58,12 @@ def config(ws: str, port: int, rounds: int):
 
 def part_federated(kind: str, ws: str, port: int, rounds: int) -> dict:
     """One side in this process: `run` (simulation) or `serve` (coordinator)."""
+    import torch
+
     from fedtune.experiment import run, serve
 
+    if kind == "serve":
+        torch.set_num_threads(1)  # fedtune serve --threads 1
     stamps: list[float] = []
     fn = run if kind == "run" else serve
     result = fn(config(ws, port, rounds), on_start=lambda *_: stamps.append(time.perf_counter()),
