@@ -175,3 +175,26 @@ def test_straggler_update_is_kept_with_staleness_weight(federation, tmp_path):
     late = [n for n in data["node_metrics"] if n["phase"] == "late"]
     assert any(n["node_id"] == "node-2" for n in late)
     assert all(n["bytes_up"] > 0 for n in late)
+
+
+def test_large_updates_one_at_a_time_give_the_same_numbers(federation, tmp_path):
+    """A model above the 1 MiB threshold with uploads and downloads one at a time: the real
+    coordinator folds each update as it arrives (so the next one is admitted) and the result
+    is the simulation's, bit for bit."""
+    text = config(rounds=2, strategy="fedavg").replace(
+        "[local]", "[model]\nhidden = [4096]\n[local]") + \
+        "max_concurrent_uploads = 1\nmax_concurrent_downloads = 1\n"
+    fed = federation(text)
+    fed.serve()
+    for i in range(3):
+        fed.join(f"node-{i}")
+    summary = json.loads(fed.finish())
+    assert summary["status"] == "complete"
+    grpc_run, grpc_params = _final_params(tmp_path / "ws")
+    assert grpc_run["rounds"][0]["bytes_up"] > 3 * 2**20  # large enough to be gated
+    cfg = load_config(fed.config, [f"run.workspace=\"{tmp_path / 'sim'}\""])
+    sim = run(cfg)
+    _, sim_params = _final_params(tmp_path / "sim")
+    for name in sim_params:
+        assert torch.equal(grpc_params[name], sim_params[name]), name
+    assert summary["test_loss"] == sim.final_test_loss
