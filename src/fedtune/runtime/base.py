@@ -3,6 +3,12 @@
 A runtime delivers one instruction to a set of nodes and yields their replies as they come,
 each with the exact bytes that crossed the wire in each direction. It never looks inside an
 update: the in-process, Ray and gRPC runtimes differ only in how bytes travel.
+
+Replies may hold large buffers (a gRPC runtime's receive buffer backs the update's tensor
+without a copy); a consumer that drops each reply once it has used it lets the runtime bound
+its memory. Optional attributes: ``checks_finite = True`` when the runtime already rejects
+NaN and infinite tensors while decoding (the coordinator then skips its own scan of dense
+updates); ``submit``/``collect``/``drain`` for asynchronous mode; ``wait_for_nodes``.
 """
 
 from __future__ import annotations
