@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,3 +134,18 @@ def test_bad_toml_file(tmp_path):
     good.write_text("[run]\nrounds = 2\n[strategy]\nname = \"fedprox\"\n")
     proc = _fedtune("run", str(good), "--quiet", "--output", "json", cwd=tmp_path)
     assert proc.returncode == 0 and json.loads(proc.stdout)["rounds"] == 2
+
+
+def test_config_names_match_the_registries_and_validation_skips_torch():
+    from fedtune import catalog
+    from fedtune.algorithms.strategy import STRATEGIES
+    from fedtune.data.datasets import DATASETS
+    from fedtune.data.partition import PARTITIONERS
+
+    assert set(catalog.STRATEGY_NAMES) == set(STRATEGIES)
+    assert set(catalog.DATASET_NAMES) == set(DATASETS)
+    assert set(catalog.PARTITION_NAMES) == set(PARTITIONERS)
+    code = ("import sys, fedtune.config as c; c.load_config(None, ['strategy.name=fedprox']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

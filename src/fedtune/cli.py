@@ -55,7 +55,6 @@ def run(
 ) -> None:
     """Run a federated fine-tuning experiment (the embedded default if no CONFIG)."""
     from .config import load_config
-    from .experiment import run as run_experiment
 
     if output not in ("table", "json"):
         _fail(FedtuneError(f"--output {output!r}: use table or json"))
@@ -74,7 +73,9 @@ def run(
         progress.update(bars[0], advance=1, acc=acc)
 
     try:
-        cfg = load_config(config, set_ or [])
+        cfg = load_config(config, set_ or [])  # before importing torch: typos fail at once
+        from .experiment import run as run_experiment
+
         result = run_experiment(cfg, on_round=on_round, on_start=on_start)
     except FedtuneError as exc:
         progress.stop()
@@ -104,7 +105,6 @@ def serve(
 
         torch.set_num_threads(threads)
     from .config import load_config
-    from .experiment import serve as serve_experiment
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("fedtune")
@@ -119,6 +119,8 @@ def serve(
 
     try:
         cfg = load_config(config, set_ or [])
+        from .experiment import serve as serve_experiment
+
         result = serve_experiment(cfg, resume=resume, resume_run=run_id, on_round=on_round,
                                   on_start=on_start)
     except FedtuneError as exc:

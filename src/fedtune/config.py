@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .algorithms.strategy import STRATEGIES, StrategyParams
-from .data.datasets import DATASETS
-from .data.partition import PARTITIONERS
+from .catalog import DATASET_NAMES, PARTITION_NAMES, STRATEGY_NAMES
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .algorithms.strategy import StrategyParams
 
 
 class Section(BaseModel):
@@ -56,15 +57,15 @@ class DataSection(Section):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset; allowed: {', '.join(sorted(DATASETS))}")
+        if v not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset; allowed: {', '.join(sorted(DATASET_NAMES))}")
         return v
 
     @field_validator("partition")
     @classmethod
     def _partition(cls, v: str) -> str:
-        if v not in PARTITIONERS:
-            raise ValueError(f"unknown partition; allowed: {', '.join(sorted(PARTITIONERS))}")
+        if v not in PARTITION_NAMES:
+            raise ValueError(f"unknown partition; allowed: {', '.join(sorted(PARTITION_NAMES))}")
         return v
 
 
@@ -97,11 +98,13 @@ class StrategySection(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy; allowed: {', '.join(sorted(STRATEGIES))}")
+        if v not in STRATEGY_NAMES:
+            raise ValueError(f"unknown strategy; allowed: {', '.join(sorted(STRATEGY_NAMES))}")
         return v
 
     def params(self) -> StrategyParams:
+        from .algorithms.strategy import StrategyParams
+
         return StrategyParams(server_lr=self.server_lr, server_momentum=self.server_momentum,
                               beta1=self.beta1, beta2=self.beta2, tau=self.tau,
                               prox_mu=self.prox_mu, aggregator=self.aggregator, trim=self.trim)
