@@ -149,3 +149,12 @@ def test_config_names_match_the_registries_and_validation_skips_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_stored_rounds_read_back_with_their_node_names(tmp_path):
+    """What a resumed run carries for the rounds before the crash."""
+    result = run(small_config(f"run.workspace=\"{tmp_path}\"", "strategy.fraction=0.5"))
+    stored = RunStore(tmp_path).round_records(result.run_id)
+    assert [r.nodes for r in stored] == [r.nodes for r in result.rounds]
+    assert [r.failed for r in stored] == [r.failed for r in result.rounds]
+    assert all(len(r.nodes) == 2 for r in stored)

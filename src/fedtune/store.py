@@ -191,10 +191,17 @@ class RunStore:
         return int(row["round"]), tensors, meta
 
     def round_records(self, run_id: str) -> list[RoundRecord]:
-        """The stored rounds of a run as records (node lists are not kept, only counts)."""
+        """The stored rounds of a run as records; node names come from the round's ledger
+        (selection order, which is the sorted order of node ids)."""
         rows = self.db.execute(f"SELECT {', '.join(ROUND_COLUMNS)} FROM rounds WHERE run_id=? "
                                "AND round > 0 ORDER BY round", (run_id,)).fetchall()
-        return [RoundRecord(round=r["round"], nodes=[""] * r["nodes"], failed=[""] * r["failed"],
+        names: dict[tuple[int, str], list[str]] = {}
+        for row in self.db.execute("SELECT round, node_id, phase FROM node_metrics WHERE "
+                                   "run_id=? AND phase IN ('fit', 'failed') ORDER BY rowid",
+                                   (run_id,)):
+            names.setdefault((row["round"], row["phase"]), []).append(row["node_id"])
+        return [RoundRecord(round=r["round"], nodes=sorted(names.get((r["round"], "fit"), [])),
+                            failed=names.get((r["round"], "failed"), []),
                             train_loss=r["train_loss"], test_loss=r["test_loss"],
                             test_accuracy=r["test_accuracy"], wall_s=r["wall_s"],
                             bytes_down=r["bytes_down"], bytes_up=r["bytes_up"],
