@@ -86,8 +86,8 @@ class GrpcRuntime:
         self.gate = UploadGate(settings.max_concurrent_uploads)
         # (site, bytes, seconds from admission to the last byte) of recent messages
         self.received: deque[tuple[str, int, float]] = deque(maxlen=1000)
-        # Large broadcasts go to this many sites at a time: on a coordinator whose CPU or
-        # link is the bottleneck, the first site gets its model sooner and the last no later.
+        # Large broadcasts go to this many sites at a time: each stream is faster and the
+        # first site gets its model sooner (parallel streams may finish the last one sooner).
         limit = settings.max_concurrent_downloads
         self.download_slots = threading.BoundedSemaphore(limit) if limit else None
         self.task_ids = itertools.count(1)
