@@ -13,8 +13,7 @@ only slot while its predecessors, which the fold needs first, could not be read.
 
 Large uploads are also not read while a large broadcast is being sent: in one Python process
 every copy of a chunk (framing, gRPC's buffers, reassembly) takes the interpreter lock, so
-sending and receiving at once halves both streams and delays the last site's model, and
-with it the round.
+sending and receiving at once slows both streams.
 """
 
 from __future__ import annotations
