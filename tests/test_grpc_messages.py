@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 import socket
+import subprocess
 import threading
 
 import grpc
@@ -25,6 +26,7 @@ from fedtune.runtime.grpc.transfer import (
 from fedtune.store import RunStore
 from fedtune.types import FitIns, FitRes, NodeFailure
 
+from .conftest import FEDTUNE
 from .deployment import Federation, RawSite, free_port
 
 
@@ -184,3 +186,16 @@ insecure_no_auth = true
         proc.wait(timeout=120)
     assert proc.returncode == 2
     assert "cannot listen on server.address" in fed.log("serve")
+
+
+def test_serve_suggests_bounding_memory_for_a_large_model(tmp_path):
+    """A 300 MB model with unlimited uploads: serve says how to bound its memory (and, with
+    no site joining, stops with a one-line error)."""
+    out = subprocess.run(
+        [FEDTUNE, "serve", "--set", "model.hidden=[1050000]", "--set",
+         "server.insecure_no_auth=true", "--set", "server.wait_for_sites_s=1", "--set",
+         f"server.address=\"127.0.0.1:{free_port()}\"", "--set",
+         f"run.workspace=\"{tmp_path}\""], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "server.max_concurrent_uploads = 0" in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: only 0 of")

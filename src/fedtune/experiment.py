@@ -5,6 +5,7 @@ This is the Python API's front door (:func:`run`) and what ``fedtune run`` calls
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +109,9 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
             run_store.close()
 
 
+LARGE_MODEL_MB = 256  # above this, serve suggests bounding the updates held at once
+
+
 def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = None,
           on_round: Callable[[RoundRecord], None] | None = None,
           on_start: Callable[[str, int], None] | None = None) -> RunResult:
@@ -131,6 +135,12 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
     numel = bench.flat.spec.numel
     welcome = cfg.model_dump(exclude={"server"})
     runtime = GrpcRuntime(cfg.server, welcome=welcome, expected_bytes=3 * 4 * numel + 2**20)
+    model_mb = 4 * numel / 2**20
+    if model_mb >= LARGE_MODEL_MB and not cfg.server.max_concurrent_uploads:
+        logging.getLogger("fedtune").warning(
+            "the model has %.0f MB of trainable parameters and server.max_concurrent_uploads "
+            "= 0: the coordinator may hold one update per site at once; set it to 1 or 2 to "
+            "bound its memory (README, 'Large models')", model_mb)
     try:
         if not run_id:
             run_id = store.start_run(cfg.run.name, cfg.model_dump())
