@@ -19,7 +19,8 @@ Settings (`--at-once`): 1 = server.max_concurrent_uploads = max_concurrent_downl
 being sent); 4 = no limits (all four streams at once).
 
 Prints a human summary and, last, one JSON line of figures.
-Usage: python bench/transfer.py [--sizes-mb 100 1000] [--at-once 1 4] [--rounds 3]
+Usage: python bench/transfer.py [--sizes-mb 100 1000] [--at-once 1 4] [--rounds 3] [--sites 4]
+(`--sizes-mb 2200 --sites 2 --rounds 1` shows a message beyond protobuf's 2 GB limit.)
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def rss_mb() -> float:
     return 0.0
 
 
-def measure(size_mb: int, port: int, limit: int, rounds: int) -> dict:
+def measure(size_mb: int, port: int, limit: int, rounds: int, sites_n: int = SITES) -> dict:
     import torch
 
     from fedtune.algorithms.fold import RoundFold
@@ -108,10 +109,10 @@ def measure(size_mb: int, port: int, limit: int, rounds: int) -> dict:
                                         max_concurrent_downloads=limit, round_deadline_s=3600),
                           welcome={}, expected_bytes=numel * 4 + 2**20)
     sites = [subprocess.Popen([sys.executable, __file__, "--site", address, f"site-{i}"])
-             for i in range(SITES)]
+             for i in range(sites_n)]
     per_round = []
     try:
-        runtime.wait_for_nodes(SITES)
+        runtime.wait_for_nodes(sites_n)
         base = rss_mb()
         strategy = build_strategy("fedavg")
         params = torch.randn(numel)
@@ -149,17 +150,26 @@ def measure(size_mb: int, port: int, limit: int, rounds: int) -> dict:
         for p in sites:
             p.wait(timeout=120)
     steady = per_round[1:] or per_round
-    return {"size_mb": size_mb, "transfers_at_once": limit or SITES, "rounds": rounds,
+    return {"size_mb": size_mb, "sites": sites_n, "transfers_at_once": limit or sites_n,
+            "rounds": rounds,
             "download_mb_s_per_stream": statistics.median(r["down"] for r in steady),
             "upload_mb_s_per_stream": statistics.median(r["up"] for r in steady),
             "min_stream_mb_s": min(r["min"] for r in steady),
             "round_s": statistics.median(r["s"] for r in steady),
-            "aggregate_mb_s": 2 * SITES * size_mb / statistics.median(r["s"] for r in steady),
+            "aggregate_mb_s": 2 * sites_n * size_mb / statistics.median(r["s"] for r in steady),
             "first_round": {"download_mb_s_per_stream": per_round[0]["down"],
                             "upload_mb_s_per_stream": per_round[0]["up"],
                             "round_s": per_round[0]["s"]},
             "coordinator_peak_over_base_mb": peak - base,
             "coordinator_peak_x_model": (peak - base) / size_mb}
+
+
+def rounds_label(r: dict) -> str:
+    if r["rounds"] == 1:
+        return "round 1 only"
+    first = r["first_round"]
+    return (f"rounds 2+; round 1: {first['download_mb_s_per_stream']:.0f} / "
+            f"{first['upload_mb_s_per_stream']:.0f}")
 
 
 def main() -> None:
@@ -168,6 +178,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--sites", type=int, default=SITES)
     parser.add_argument("--at-once", type=int, nargs="+", default=[1, SITES],
                         help="server.max_concurrent_uploads/downloads settings to measure")
     parser.add_argument("--rounds", type=int, default=3)
@@ -182,22 +193,21 @@ def main() -> None:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             proc = subprocess.run([sys.executable, __file__, "--measure", str(size), str(port),
-                                   str(0 if at_once >= SITES else at_once), str(args.rounds)],
+                                   str(0 if at_once >= args.sites else at_once), str(args.rounds),
+                                   str(args.sites)],
                                   capture_output=True, text=True, check=True)
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{size:5d} MB x {SITES} sites, {r['transfers_at_once']} transfer(s) at once: "
+            print(f"{size:5d} MB x {args.sites} sites, {r['transfers_at_once']} transfer(s) at once: "
                   f"download {r['download_mb_s_per_stream']:.0f} MB/s per stream, upload "
                   f"{r['upload_mb_s_per_stream']:.0f} MB/s per stream (target >= 500), "
-                  f"all {r['aggregate_mb_s']:.0f} MB/s (rounds 2+; round 1: "
-                  f"{r['first_round']['download_mb_s_per_stream']:.0f} / "
-                  f"{r['first_round']['upload_mb_s_per_stream']:.0f}); coordinator peak "
+                  f"all {r['aggregate_mb_s']:.0f} MB/s ({rounds_label(r)}); coordinator peak "
                   f"{r['coordinator_peak_x_model']:.2f}x the model (<= 3)")
-    print(json.dumps({"bench": "transfer", "sites": SITES, "settings": rows}))
+    print(json.dumps({"bench": "transfer", "sites": args.sites, "settings": rows}))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--measure":
+    if len(sys.argv) == 7 and sys.argv[1] == "--measure":
         print(json.dumps(measure(*map(int, sys.argv[2:]))))
     else:
         main()
