@@ -53,6 +53,12 @@ class Federation:
         self.sites[site] = proc
         return proc
 
+    def start(self, sites: int, *join_extra: str) -> None:
+        """The coordinator and sites node-0 .. node-(sites-1)."""
+        self.serve()
+        for i in range(sites):
+            self.join(f"node-{i}", *join_extra)
+
     def log(self, name: str = "serve") -> str:
         path = self.root / f"{name}.log"
         return path.read_text() if path.exists() else ""

@@ -57,9 +57,7 @@ insecure_no_auth = true
 round_deadline_s = 60
 """)
     try:
-        fed.serve()
-        for i in range(3):
-            fed.join(f"node-{i}")
+        fed.start(3)
         summary = json.loads(fed.finish())
         assert summary["status"] == "complete" and summary["rounds"] == 4
         data = RunStore(tmp_path / "ws").load_run("last")

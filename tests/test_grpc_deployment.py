@@ -68,9 +68,7 @@ def _final_params(workspace):
 
 def test_grpc_gives_the_same_numbers_as_simulation(federation, tmp_path):
     fed = federation(config())
-    fed.serve()
-    for i in range(3):
-        fed.join(f"node-{i}")
+    fed.start(3)
     summary = json.loads(fed.finish())
     grpc_run, grpc_params = _final_params(tmp_path / "ws")
     cfg = load_config(fed.config, [f"run.workspace=\"{tmp_path / 'sim'}\""])
@@ -90,9 +88,7 @@ def test_site_killed_mid_round_is_dropped_and_may_rejoin(federation, tmp_path):
     # min_nodes = 3: each round waits until three sites are connected, so the restarted
     # site is back for the rounds after its crash; the crashed round has too few updates.
     fed = federation(config(rounds=5, strategy="fedavg", min_nodes=3, epochs=30))
-    fed.serve()
-    for i in range(3):
-        fed.join(f"node-{i}")
+    fed.start(3)
     fed.wait_for_log("serve", "round 1:")
     os.kill(fed.sites["node-2"].pid, signal.SIGKILL)
     fed.wait_for_log("serve", "site node-2 left")
@@ -110,9 +106,7 @@ def test_site_killed_mid_round_is_dropped_and_may_rejoin(federation, tmp_path):
 
 def test_coordinator_killed_and_resumed_loses_nothing(federation, tmp_path):
     fed = federation(config(rounds=6, strategy="scaffold", epochs=5))
-    fed.serve()
-    for i in range(3):
-        fed.join(f"node-{i}", "--state-dir", str(tmp_path / "states"))
+    fed.start(3, "--state-dir", str(tmp_path / "states"))
     fed.wait_for_log("serve", "round 3:")
     os.kill(fed.server.pid, signal.SIGKILL)
     fed.server.wait()
@@ -160,9 +154,7 @@ def test_straggler_update_is_kept_with_staleness_weight(federation, tmp_path):
     text = config(rounds=8, strategy="fedavg", min_nodes=3, epochs=20, deadline=3).replace(
         "round_deadline_s = 3", "round_deadline_s = 3\nstragglers = \"stale\"")
     fed = federation(text)
-    fed.serve()
-    for i in range(3):
-        fed.join(f"node-{i}")
+    fed.start(3)
     fed.wait_for_log("serve", "round 1:")
     os.kill(fed.sites["node-2"].pid, signal.SIGSTOP)
     fed.wait_for_log("serve", "site node-2 missed the round deadline")
@@ -185,9 +177,7 @@ def test_large_updates_one_at_a_time_give_the_same_numbers(federation, tmp_path)
         "[local]", "[model]\nhidden = [4096]\n[local]") + \
         "max_concurrent_uploads = 1\nmax_concurrent_downloads = 1\n"
     fed = federation(text)
-    fed.serve()
-    for i in range(3):
-        fed.join(f"node-{i}")
+    fed.start(3)
     summary = json.loads(fed.finish())
     assert summary["status"] == "complete"
     grpc_run, grpc_params = _final_params(tmp_path / "ws")
