@@ -170,19 +170,22 @@ def test_straggler_update_is_kept_with_staleness_weight(federation, tmp_path):
 
 
 def test_large_updates_one_at_a_time_give_the_same_numbers(federation, tmp_path):
-    """A model above the 1 MiB threshold with uploads and downloads one at a time: the real
-    coordinator folds each update as it arrives (so the next one is admitted) and the result
-    is the simulation's, bit for bit."""
+    """A model above the 1 MiB threshold with uploads and downloads one at a time and the
+    model parked while updates come in: the real coordinator folds each update as it
+    arrives (so the next one is admitted) and the result is the simulation's (which does
+    not park), bit for bit."""
     text = config(rounds=2, strategy="fedavg").replace(
         "[local]", "[model]\nhidden = [4096]\n[local]") + \
-        "max_concurrent_uploads = 1\nmax_concurrent_downloads = 1\n"
+        "max_concurrent_uploads = 1\nmax_concurrent_downloads = 1\npark_model = true\n"
     fed = federation(text)
     fed.start(3)
     summary = json.loads(fed.finish())
     assert summary["status"] == "complete"
     grpc_run, grpc_params = _final_params(tmp_path / "ws")
     assert grpc_run["rounds"][0]["bytes_up"] > 3 * 2**20  # large enough to be gated
-    cfg = load_config(fed.config, [f"run.workspace=\"{tmp_path / 'sim'}\""])
+    assert list((tmp_path / "ws" / "tmp").iterdir()) == []  # parked files are unnamed
+    cfg = load_config(fed.config, [f"run.workspace=\"{tmp_path / 'sim'}\"",
+                                   "server.park_model=false"])
     sim = run(cfg)
     _, sim_params = _final_params(tmp_path / "sim")
     for name in sim_params:

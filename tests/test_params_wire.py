@@ -37,6 +37,24 @@ def test_flat_model_views_and_grads():
     assert named["0.weight"].shape == (4, 3)
 
 
+def test_released_flat_model_frees_its_buffers_and_comes_back_on_load():
+    m = _model()
+    flat = FlatModel(m)
+    x = torch.randn(5, 3)
+    before = m(x).detach().clone()
+    saved = flat.vector.clone()
+    flat.release()
+    assert flat.released
+    assert flat.vector.untyped_storage().nbytes() == 0 == flat.grad.untyped_storage().nbytes()
+    flat.load_(saved)
+    assert not flat.released
+    assert torch.equal(m(x).detach(), before)  # the module's views see the buffer again
+    assert torch.count_nonzero(flat.grad) == 0
+    m(x).pow(2).sum().backward()  # gradients land in the flat buffer again
+    assert m[2].weight.grad.data_ptr() == flat.grad.data_ptr() + 12 * 4
+    assert torch.count_nonzero(flat.grad) > 0
+
+
 def test_flat_model_rejects_wrong_size():
     flat = FlatModel(_model())
     with pytest.raises(ValueError, match="22"):

@@ -52,6 +52,21 @@ def test_sgd_family(name, opt, x1, x2):
     torch.testing.assert_close(got2, x2)
 
 
+@pytest.mark.parametrize("lr", [1.0, 0.37])
+def test_sgd_step_into_a_given_up_delta_is_the_same_bits(lr):
+    gen = torch.Generator().manual_seed(3)
+    params, delta = torch.randn(100_003, generator=gen), torch.randn(100_003, generator=gen)
+    opt = SGD(lr)
+    fresh, _ = opt.apply(params, delta, opt.init(params))
+    kept = params.clone()
+    given = delta.clone()
+    reused, state = opt.apply(params, given, opt.init(params), consume=True)
+    assert reused.data_ptr() == given.data_ptr()  # no new model-size tensor
+    assert torch.equal(reused, fresh)
+    assert torch.equal(params, kept)  # params itself is never written
+    assert state.step == 1
+
+
 def _adaptive_by_hand(kind, lr=0.1, b1=0.9, b2=0.99, tau=1e-3):
     m, v, x = [0.0, 0.0], [tau**2, tau**2], list(X0.tolist())
     for d in (D1.tolist(), D2.tolist()):

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .catalog import DATASET_NAMES, PARTITION_NAMES, STRATEGY_NAMES
 from .errors import ConfigError
@@ -174,6 +174,7 @@ class ServerSection(Section):
     chunk_kb: int = Field(4096, ge=16, le=16384)
     max_concurrent_uploads: int = Field(0, ge=0)
     max_concurrent_downloads: int = Field(0, ge=0)
+    park_model: bool = False
     max_message_mb: int = Field(8192, ge=1)
 
     @field_validator("address")
@@ -211,6 +212,14 @@ class RunConfig(Section):
     server: ServerSection = ServerSection()
     runtime: RuntimeSection = RuntimeSection()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.server.park_model and self.strategy.mode == "async":
+            raise ValueError("server.park_model = true needs strategy.mode = \"sync\": "
+                             "asynchronous rounds send the model at any time, so it is never "
+                             "idle; set server.park_model = false")
+        return self
+
 
 def _allowed_keys(loc: tuple[Any, ...]) -> str:
     model: Any = RunConfig
@@ -228,6 +237,8 @@ def _explain(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = tuple(first["loc"])
     key = ".".join(str(p) for p in loc)
+    if not loc:  # a rule across sections: its message names the keys
+        return f"config: {first['msg'].removeprefix('Value error, ')}"
     if first["type"] == "extra_forbidden":
         section = ".".join(str(p) for p in loc[:-1]) or "top level"
         return (f"unknown config key '{key}'; keys allowed in [{section}]: "

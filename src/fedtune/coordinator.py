@@ -24,6 +24,8 @@ from .config import RunConfig
 from .energy import EnergyMeter
 from .node.node import Workbench, derived_seed
 from .node.trainer import LocalPlan, evaluate_model, train_locally
+from .params import unflatten
+from .parking import ParkedVector
 from .runtime.base import Reply, Runtime
 from .store import RunStore
 from .types import (
@@ -78,6 +80,10 @@ class Coordinator:
         self.store, self.run_id, self.on_round = store, run_id, on_round
         self.resumable = resumable  # write the state to resume from after every round
         params = bench.flat.vector.detach().clone()
+        self.numel, self.device = params.numel(), params.device
+        self.parked: ParkedVector | None = None
+        if cfg.server.park_model:  # the workbench is only needed to evaluate and train
+            bench.flat.release()
         self.state = CoordinatorState(
             params=params, opt_state=strategy.server_opt.init(params),
             control=torch.zeros_like(params) if strategy.scaffold else None)
@@ -138,19 +144,18 @@ class Coordinator:
         if not res.encoding:
             return res
         try:
-            dense = unpack_vector(res.aux, res.encoding, numel=self.state.params.numel(),
+            dense = unpack_vector(res.aux, res.encoding, numel=self.numel,
                                   seed=derived_seed(self.cfg.run.seed, res.round, res.node_id,
                                                     "up"))
         except (ValueError, KeyError, RuntimeError) as exc:
             return f"compressed update cannot be decoded: {exc}"
         aux = {k: v for k, v in res.aux.items() if not k.startswith("packed.")}
-        return FitRes(res.node_id, res.round, dense.to(self.state.params.device),
+        return FitRes(res.node_id, res.round, dense.to(self.device),
                       res.num_examples, res.num_steps, res.train_loss, aux, res.meter)
 
     def _valid(self, res: FitRes) -> str | None:
-        if res.update.shape != self.state.params.shape:
-            return f"update has shape {tuple(res.update.shape)}, expected " \
-                   f"{tuple(self.state.params.shape)}"
+        if res.update.shape != (self.numel,):
+            return f"update has shape {tuple(res.update.shape)}, expected ({self.numel},)"
         if (res.encoding or not getattr(self.runtime, "checks_finite", False)) \
                 and not all_finite(res.update):
             return "update holds NaN or infinite values"
@@ -175,19 +180,27 @@ class Coordinator:
         taken: dict[str, int] = {}  # node -> examples of its folded update
         failed: list[str] = []
         ledger: list[NodeRoundRecord] = []
-        for reply in self.runtime.fit(selected, ins):
-            res, row = self.screen(reply, round_, expected_round=round_, allowed=order,
-                                   seen=taken)
-            del reply
-            ledger.append(row)
-            if res is None:
-                failed.append(row.node_id)
-                if row.node_id in order:
-                    fold.skip(order[row.node_id])
-                continue
-            taken[res.node_id] = res.num_examples
-            fold_cpu += self.fold_in(fold, res, 1.0, position=order[res.node_id])
-            del res  # a large update's receive buffer is freed once it is folded
+        replies = self.runtime.fit(selected, ins)
+        del ins  # the runtime holds the broadcast until its last byte is sent
+        if cfg.server.park_model:
+            self.park()
+        try:
+            for reply in replies:
+                res, row = self.screen(reply, round_, expected_round=round_, allowed=order,
+                                       seen=taken)
+                del reply
+                ledger.append(row)
+                if res is None:
+                    failed.append(row.node_id)
+                    if row.node_id in order:
+                        fold.skip(order[row.node_id])
+                    continue
+                taken[res.node_id] = res.num_examples
+                fold_cpu += self.fold_in(fold, res, 1.0, position=order[res.node_id])
+                del res  # a large update's receive buffer is freed once it is folded
+        except BaseException:
+            self.unpark()
+            raise
         fold.close()
         late = self._late_updates(round_, ledger)
         examples = sum(taken.values())
@@ -196,6 +209,21 @@ class Coordinator:
                                          extra_cpu=fold_cpu))
         nodes = sorted(taken, key=order.__getitem__)
         return self.close_round(round_, nodes, failed, ledger, wall0)
+
+    def park(self) -> None:
+        """Move the global parameters to a temporary file until the server step
+        (server.park_model): while updates are collected the coordinator then holds the
+        running sum and the update being received, not the model as well."""
+        st = self.state
+        directory = self.store.workspace / "tmp" if self.store is not None else None
+        self.parked = ParkedVector(st.params, directory)
+        st.params = st.params.new_empty(0)
+
+    def unpark(self) -> None:
+        if self.parked is not None:
+            self.state.params = self.parked.load()
+            self.parked.close()
+            self.parked = None
 
     def new_fold(self) -> RoundFold:
         return RoundFold(self.strategy.aggregator,
@@ -280,6 +308,8 @@ class Coordinator:
             if every and (round_ % every == 0 or round_ == cfg.run.rounds):
                 self.store.save_checkpoint(self.run_id, round_, self._named_params(),
                                            {"kind": "global"})
+        if cfg.server.park_model:
+            self.bench.flat.release()  # until the next evaluation or central training
         if self.on_round is not None:
             self.on_round(record)
         return record
@@ -320,6 +350,7 @@ class Coordinator:
         """Finish the fold (plus late updates) and take the server step; returns the
         examples behind it (0 when too few updates came and the model stays unchanged)."""
         st = self.state
+        self.unpark()
         for res, factor in late:
             self.fold_in(fold, res, factor)
             examples += res.num_examples
@@ -330,8 +361,9 @@ class Coordinator:
                         self.cfg.strategy.min_nodes)
             return 0
         delta = fold.delta(self.strategy.aggregator).to(st.params.device)
+        # the fold is finished, so the step may write the new parameters into delta
         st.params, st.opt_state = self.strategy.server_opt.apply(
-            st.params, delta, st.opt_state)  # type: ignore[arg-type]
+            st.params, delta, st.opt_state, consume=True)  # type: ignore[arg-type]
         dc_sum = fold.control_delta_sum()
         if st.control is not None and dc_sum is not None:
             st.control = scaffold_control_step(st.control, dc_sum, len(self.runtime.node_ids))
@@ -369,8 +401,10 @@ class Coordinator:
         st.history = list(history)
 
     def _named_params(self) -> dict[str, torch.Tensor]:
-        self.bench.flat.load_(self.state.params)
-        return self.bench.flat.named_tensors()
+        """The global parameters by name: views, no copy (safetensors writes disjoint views
+        of one vector as they are)."""
+        return {k: v.detach().cpu() for k, v in
+                unflatten(self.state.params, self.bench.flat.spec).items()}
 
     # -- the whole run -------------------------------------------------------------------
     def run(self) -> RunResult:

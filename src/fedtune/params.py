@@ -8,6 +8,10 @@ parameters and buffers never travel: the :class:`ParamSpec` lists only what is t
 
 Autograd accumulates into an existing ``.grad`` in place, so the gradient views stay views as
 long as gradients are zeroed with :meth:`FlatModel.zero_grad` (never set to ``None``).
+
+A coordinator that holds its global vector elsewhere can :meth:`FlatModel.release` both
+buffers between uses (as PyTorch FSDP frees its flat parameters: the storage is resized to
+zero, the views stay); the next :meth:`FlatModel.load_` allocates them again.
 """
 
 from __future__ import annotations
@@ -55,7 +59,21 @@ class FlatModel:
         if flat.shape != self.vector.shape:
             raise ValueError(f"parameter vector has {flat.numel()} values, the model has "
                              f"{self.vector.numel()}")
+        if self.released:
+            for buffer in (self.vector, self.grad):
+                buffer.untyped_storage().resize_(buffer.numel() * buffer.element_size())
+            self.grad.zero_()
         self.vector.copy_(flat)
+
+    @property
+    def released(self) -> bool:
+        return self.vector.untyped_storage().nbytes() == 0
+
+    def release(self) -> None:
+        """Free the parameter and gradient memory until the next :meth:`load_` (the module
+        must not be used in between)."""
+        for buffer in (self.vector, self.grad):
+            buffer.untyped_storage().resize_(0)
 
     def zero_grad(self) -> None:
         """Zero the flat gradient in place, keeping every ``.grad`` a view of it."""

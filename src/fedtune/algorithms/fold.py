@@ -104,7 +104,8 @@ class RoundFold:
         nova = sum(w * t for w, t in zip(self.weights, self.steps, strict=True)) / total \
             if self.normalize_by_steps else 1.0
         if self.streaming:
-            return self.sum.scaled(nova / total)
+            out, self.sum = self.sum.scaled(nova / total), WeightedSum()
+            return out
         stacked = torch.stack(self.rows)
         self.rows = []
         weights = torch.tensor(self.weights, dtype=stacked.dtype, device=stacked.device)

@@ -3,6 +3,9 @@
 optax style: ``init(params) -> state`` and ``apply(params, delta, state) -> (params, state)``,
 pure functions of tensors. ``delta`` is the aggregated update direction (mean of
 local-minus-global), i.e. the negative pseudo-gradient, so plain FedAvg is ``sgd(lr=1)``.
+A caller that gives ``delta`` up passes ``consume=True``: an optimizer may then write the new
+parameters into its memory, so the step holds two model-size vectors instead of three
+(``params`` itself is never modified).
 
 References:
     McMahan et al. 2017 (FedAvg); Hsu et al. 2019, "Measuring the Effects of Non-Identical
@@ -32,8 +35,8 @@ class OptState:
 class ServerOptimizer(Protocol):
     def init(self, params: torch.Tensor) -> OptState: ...
 
-    def apply(self, params: torch.Tensor, delta: torch.Tensor,
-              state: OptState) -> tuple[torch.Tensor, OptState]: ...
+    def apply(self, params: torch.Tensor, delta: torch.Tensor, state: OptState, *,
+              consume: bool = False) -> tuple[torch.Tensor, OptState]: ...
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,12 @@ class SGD:
         m = torch.zeros_like(params) if self.momentum > 0 else None
         return OptState(step=0, m=m, v=None)
 
-    def apply(self, params: torch.Tensor, delta: torch.Tensor,
-              state: OptState) -> tuple[torch.Tensor, OptState]:
-        if state.m is None:  # one new tensor, no temporary: the coordinator's peak memory
-            return torch.add(params, delta, alpha=self.lr), OptState(state.step + 1, None, None)
+    def apply(self, params: torch.Tensor, delta: torch.Tensor, state: OptState, *,
+              consume: bool = False) -> tuple[torch.Tensor, OptState]:
+        if state.m is None:  # no temporary, and no new tensor when delta is given up
+            new = torch.add(params, delta, alpha=self.lr, out=delta) if consume \
+                else torch.add(params, delta, alpha=self.lr)
+            return new, OptState(state.step + 1, None, None)
         m = self.momentum * state.m + delta
         step = delta + self.momentum * m if self.nesterov else m
         return params + self.lr * step, OptState(state.step + 1, m, None)
@@ -73,8 +78,8 @@ class Adaptive:
         return OptState(step=0, m=torch.zeros_like(params),
                         v=torch.full_like(params, self.tau ** 2))
 
-    def apply(self, params: torch.Tensor, delta: torch.Tensor,
-              state: OptState) -> tuple[torch.Tensor, OptState]:
+    def apply(self, params: torch.Tensor, delta: torch.Tensor, state: OptState, *,
+              consume: bool = False) -> tuple[torch.Tensor, OptState]:
         assert state.m is not None and state.v is not None
         m = self.beta1 * state.m + (1 - self.beta1) * delta
         d2 = delta * delta

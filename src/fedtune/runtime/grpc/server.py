@@ -214,15 +214,19 @@ class GrpcRuntime:
                 sess = self.sessions[site]
                 sess.task_id = task_id
                 sess.outbox.put((kind, task_id, ins.round, views))
+        round_ = ins.round
+        # only the senders hold the broadcast from here: a coordinator that parks its model
+        # (server.park_model) gets the memory back when the last byte is sent
+        del ins, views
         try:
-            yield from self._replies(ins, waiting, absent, down)
+            yield from self._replies(round_, waiting, absent, down)
         finally:
             self.gate.end()
 
-    def _replies(self, ins: FitIns | EvalIns, waiting: dict[int, str], absent: list[str],
+    def _replies(self, round_: int, waiting: dict[int, str], absent: list[str],
                  down: int) -> Iterator[Reply]:
         for site in absent:
-            yield Reply(NodeFailure(site, ins.round, "not connected"), 0, 0)
+            yield Reply(NodeFailure(site, round_, "not connected"), 0, 0)
         deadline = time.monotonic() + self.settings.round_deadline_s
         while waiting:
             left = deadline - time.monotonic()
@@ -237,7 +241,7 @@ class GrpcRuntime:
             if isinstance(payload, tuple):  # (result, bytes up)
                 reply = Reply(payload[0], down, payload[1])
             else:
-                reply = Reply(NodeFailure(site, ins.round, str(payload)), down, 0)
+                reply = Reply(NodeFailure(site, round_, str(payload)), down, 0)
             del payload  # the consumer decides how long a (large) result lives
             yield reply
             if reply.bytes_up >= SMALL_MESSAGE:
@@ -250,7 +254,7 @@ class GrpcRuntime:
                     sess.task_id = 0
         for site in waiting.values():
             log.warning("site %s missed the round deadline", site)
-            yield Reply(NodeFailure(site, ins.round, "missed the round deadline of "
+            yield Reply(NodeFailure(site, round_, "missed the round deadline of "
                                     f"{self.settings.round_deadline_s:g} s "
                                     "(server.round_deadline_s)"), down, 0)
 
@@ -325,13 +329,17 @@ class GrpcRuntime:
                 yield item
                 continue
             kind, task_id, round_, views = item
+            del item
             if sum(len(v) for v in views) < SMALL_MESSAGE:
                 yield from message_chunks(kind, None, task_id=task_id, round_=round_,
                                           chunk_bytes=self.chunk_bytes, views=views)
                 continue
             with self._sending():  # ends when the last chunk is sent, or the stream ends
-                yield from message_chunks(kind, None, task_id=task_id, round_=round_,
-                                          chunk_bytes=self.chunk_bytes, views=views)
+                chunks = message_chunks(kind, None, task_id=task_id, round_=round_,
+                                        chunk_bytes=self.chunk_bytes, views=views)
+                del views  # sent: the broadcast's memory is not held while waiting
+                yield from chunks
+                del chunks
 
     @contextmanager
     def _sending(self) -> Iterator[None]:

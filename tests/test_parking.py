@@ -1,0 +1,64 @@
+"""server.park_model: the global model waits in a temporary file while updates come in."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedtune.config import config_from_dict
+from fedtune.errors import ConfigError
+from fedtune.experiment import run
+from fedtune.parking import ParkedVector
+from fedtune.store import RunStore
+
+
+def test_parked_vector_comes_back_bit_for_bit_and_leaves_no_file(tmp_path):
+    vector = torch.randn(300_001, generator=torch.Generator().manual_seed(1))
+    vector[7] = float("-inf")  # bits, not values: whatever is parked comes back
+    parked = ParkedVector(vector, tmp_path / "tmp")
+    fd = parked.file.fileno()
+    assert os.fstat(fd).st_size == 4 * vector.numel()
+    assert list((tmp_path / "tmp").iterdir()) == []  # unnamed: gone if the process dies
+    back = parked.load()
+    assert back.data_ptr() != vector.data_ptr()
+    assert torch.equal(back.view(torch.int32), vector.view(torch.int32))
+    parked.close()
+    with pytest.raises(ValueError, match="flat vector"):
+        ParkedVector(torch.zeros(2, 2))
+
+
+def _run(tmp_path, name, park):
+    cfg = config_from_dict({
+        "run": {"rounds": 3, "workspace": str(tmp_path / name), "checkpoint_every": 1},
+        "data": {"num_nodes": 4},
+        "strategy": {"name": "fedadam", "fraction": 0.75},
+        "central": {"steps_between_rounds": 2},
+        "evaluation": {"personalize_steps": 2},
+        "server": {"park_model": park},
+    })
+    result = run(cfg)
+    store = RunStore(tmp_path / name)
+    data = store.load_run("last")
+    store.close()
+    return result, data, load_file(data["checkpoints"][-1]["path"])
+
+
+def test_parking_the_model_changes_no_number(tmp_path):
+    """Rounds with a sample of nodes, central steps between them, a server optimizer with
+    state, checkpoints every round: parked or not, the same bits."""
+    plain, plain_run, plain_params = _run(tmp_path, "plain", False)
+    parked, parked_run, parked_params = _run(tmp_path, "parked", True)
+    assert parked.final_test_loss == plain.final_test_loss
+    assert [r.test_loss for r in parked.rounds] == [r.test_loss for r in plain.rounds]
+    for name, value in plain_params.items():
+        assert torch.equal(parked_params[name], value), name
+    assert parked_run["node_evals"] == plain_run["node_evals"]
+    assert list((tmp_path / "parked" / "tmp").iterdir()) == []
+
+
+def test_parking_needs_synchronous_rounds():
+    with pytest.raises(ConfigError, match="park_model.*sync"):
+        config_from_dict({"server": {"park_model": True}, "strategy": {"mode": "async"}})
