@@ -46,6 +46,11 @@ def test_released_flat_model_frees_its_buffers_and_comes_back_on_load():
     flat.release()
     assert flat.released
     assert flat.vector.untyped_storage().nbytes() == 0 == flat.grad.untyped_storage().nbytes()
+    flat.load_(saved, with_grad=False)  # enough to evaluate
+    assert not flat.released
+    assert flat.grad.untyped_storage().nbytes() == 0
+    assert torch.equal(m(x).detach(), before)
+    flat.release()
     flat.load_(saved)
     assert not flat.released
     assert torch.equal(m(x).detach(), before)  # the module's views see the buffer again

@@ -60,5 +60,5 @@ def test_parking_the_model_changes_no_number(tmp_path):
 
 
 def test_parking_needs_synchronous_rounds():
-    with pytest.raises(ConfigError, match="park_model.*sync"):
+    with pytest.raises(ConfigError, match=r"park_model.*sync"):
         config_from_dict({"server": {"park_model": True}, "strategy": {"mode": "async"}})

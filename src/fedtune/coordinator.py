@@ -82,7 +82,11 @@ class Coordinator:
         params = bench.flat.vector.detach().clone()
         self.numel, self.device = params.numel(), params.device
         self.parked: ParkedVector | None = None
-        if cfg.server.park_model:  # the workbench is only needed to evaluate and train
+        # The workbench (the model, its gradient) is only needed to evaluate and to train
+        # centrally: free it in between unless in-process nodes train on it too.
+        self.release_bench = cfg.server.park_model or not getattr(
+            runtime, "shares_workbench", False)
+        if self.release_bench:
             bench.flat.release()
         self.state = CoordinatorState(
             params=params, opt_state=strategy.server_opt.init(params),
@@ -124,7 +128,7 @@ class Coordinator:
         return stats.examples
 
     def _evaluate_central(self) -> dict[str, float]:
-        self.bench.flat.load_(self.state.params)
+        self.bench.flat.load_(self.state.params, with_grad=False)
         task = self.bench.task
         return evaluate_model(self.bench.flat.module, self.x_test, self.y_test, task.loss_fn,
                               task.metrics_fn)
@@ -308,7 +312,7 @@ class Coordinator:
             if every and (round_ % every == 0 or round_ == cfg.run.rounds):
                 self.store.save_checkpoint(self.run_id, round_, self._named_params(),
                                            {"kind": "global"})
-        if cfg.server.park_model:
+        if self.release_bench:
             self.bench.flat.release()  # until the next evaluation or central training
         if self.on_round is not None:
             self.on_round(record)

@@ -7,7 +7,9 @@ correction or a clip is one vector operation; an update is ``vector - global``. 
 parameters and buffers never travel: the :class:`ParamSpec` lists only what is trained.
 
 Autograd accumulates into an existing ``.grad`` in place, so the gradient views stay views as
-long as gradients are zeroed with :meth:`FlatModel.zero_grad` (never set to ``None``).
+long as gradients are zeroed with :meth:`FlatModel.zero_grad` (never set to ``None``). The
+gradient buffer is allocated by the first :meth:`FlatModel.zero_grad` or
+:meth:`FlatModel.load_`; call one of them before the first backward pass.
 
 A coordinator that holds its global vector elsewhere can :meth:`FlatModel.release` both
 buffers between uses (as PyTorch FSDP frees its flat parameters: the storage is resized to
@@ -37,7 +39,7 @@ class FlatModel:
         total = self.spec.numel
         device = named[0][1].device
         self.vector = torch.empty(total, dtype=torch.float32, device=device)
-        self.grad = torch.zeros(total, dtype=torch.float32, device=device)
+        self.grad = torch.empty(total, dtype=torch.float32, device=device)
         offset = 0
         for (_, p), size in zip(named, self.spec.sizes, strict=True):
             view = self.vector[offset:offset + size].view_as(p)
@@ -49,19 +51,22 @@ class FlatModel:
         # One leaf tensor sharing the flat storage: optimizers step it in one fused op.
         self.flat_param = nn.Parameter(self.vector, requires_grad=False)
         self.flat_param.grad = self.grad
+        # no gradient memory until the first zero_grad() or load_(): a coordinator that
+        # only evaluates never needs it
+        self.grad.untyped_storage().resize_(0)
 
     @property
     def device(self) -> torch.device:
         return self.vector.device
 
-    def load_(self, flat: torch.Tensor) -> None:
-        """Copy a flat parameter vector into the model (no allocation)."""
+    def load_(self, flat: torch.Tensor, *, with_grad: bool = True) -> None:
+        """Copy a flat parameter vector into the model (no allocation unless released;
+        ``with_grad=False`` leaves a released gradient released: enough to evaluate)."""
         if flat.shape != self.vector.shape:
             raise ValueError(f"parameter vector has {flat.numel()} values, the model has "
                              f"{self.vector.numel()}")
-        if self.released:
-            for buffer in (self.vector, self.grad):
-                buffer.untyped_storage().resize_(buffer.numel() * buffer.element_size())
+        _allocate(self.vector)
+        if with_grad and _allocate(self.grad):
             self.grad.zero_()
         self.vector.copy_(flat)
 
@@ -77,6 +82,7 @@ class FlatModel:
 
     def zero_grad(self) -> None:
         """Zero the flat gradient in place, keeping every ``.grad`` a view of it."""
+        _allocate(self.grad)
         self.grad.zero_()
 
     def reseat_grads(self) -> None:
@@ -95,6 +101,15 @@ class FlatModel:
             out[name] = self.vector[offset:offset + size].view(shape).detach().cpu().clone()
             offset += size
         return out
+
+
+def _allocate(buffer: torch.Tensor) -> bool:
+    """Give a released buffer its memory back (uninitialized); True if it was released."""
+    storage = buffer.untyped_storage()
+    if storage.nbytes():
+        return False
+    storage.resize_(buffer.numel() * buffer.element_size())
+    return True
 
 
 def unflatten(flat: torch.Tensor, spec: ParamSpec) -> dict[str, torch.Tensor]:

@@ -23,6 +23,8 @@ from .base import Reply
 class InProcessRuntime:
     """Runs every node in this process, sharing one :class:`Workbench`."""
 
+    shares_workbench = True  # with the coordinator: it must not free it between rounds
+
     def __init__(self, nodes: Sequence[Node], bench: Workbench, *, seed: int = 0,
                  speed_skew: float = 1.0) -> None:
         self.nodes = {n.node_id: n for n in nodes}
