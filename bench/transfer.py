@@ -68,7 +68,7 @@ def site_main(address: str, name: str) -> None:
         ("grpc.max_receive_message_length", MAX_FRAME_BYTES),
         ("grpc.max_send_message_length", MAX_FRAME_BYTES)])
     responses = open_session(channel)(requests(), metadata=(("x-fedtune-site", name),))
-    asm = Assembler(8 * 2**30)
+    asm = Assembler(8 * 2**30, reuse=True)  # as `fedtune join` does
     start = 0.0
     for chunk in responses:
         if chunk.kind == "stop":
@@ -89,7 +89,7 @@ def site_main(address: str, name: str) -> None:
                      meter=NodeMeter(wall_s=seconds, cpu_s=0.0, energy_j=0.0))
         outbox.put(message_chunks("result", res, task_id=done.task_id, round_=done.round,
                                   chunk_bytes=4 * 2**20, site=name))
-        del ins, done, res
+        del ins, done, res  # the buffer can take the next round's model
     outbox.put(None)
     channel.close()
 

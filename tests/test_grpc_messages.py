@@ -199,3 +199,31 @@ def test_serve_suggests_bounding_memory_for_a_large_model(tmp_path):
     assert out.returncode == 2
     assert "server.max_concurrent_uploads = 0" in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: only 0 of")
+
+
+def test_a_site_receives_the_next_model_into_the_buffer_it_no_longer_uses():
+    """Assembler(reuse=True): the same-size next message lands in the last buffer once
+    nothing references it, never while a decoded tensor still views it."""
+    from fedtune.runtime.grpc.transfer import Assembler, parse_frame
+
+    def receive(asm, round_, value):
+        ins = FitIns(round_, torch.full((400_000,), value), {})
+        done = None
+        for raw in message_chunks("fit", ins, task_id=round_, round_=round_,
+                                  chunk_bytes=2**18):
+            done = asm.add(parse_frame(raw)) or done
+        return done
+
+    asm = Assembler(2**30, reuse=True)
+    done = receive(asm, 1, 1.0)
+    first = done.buffer.ctypes.data
+    kept = decode_assembly(done).params  # still in use: a view of the first buffer
+    del done
+    done = receive(asm, 2, 2.0)
+    assert done.buffer.ctypes.data != first
+    assert torch.equal(kept, torch.full((400_000,), 1.0))  # not overwritten
+    second = done.buffer.ctypes.data
+    del done, kept
+    done = receive(asm, 3, 3.0)
+    assert done.buffer.ctypes.data == second  # unused now: received into again
+    assert torch.equal(decode_assembly(done).params, torch.full((400_000,), 3.0))

@@ -164,7 +164,7 @@ class Site:
         meta = (("x-fedtune-site", self.o.site), ("x-fedtune-token", self.o.token))
         with self._channel() as channel:
             responses = open_session(channel)(requests(), metadata=meta)
-            assembler = Assembler(self.o.max_message_mb * 2**20)
+            assembler = Assembler(self.o.max_message_mb * 2**20, reuse=True)
             try:
                 for chunk in responses:
                     if chunk.kind == "welcome":
@@ -183,15 +183,19 @@ class Site:
                         done = assembler.add(chunk)
                         if done is None:
                             continue
+                        task_id, round_ = done.task_id, done.round
                         try:
                             result = self._answer(decode_assembly(done))
                         except MessageError as exc:
                             outbox.put([control_chunk("error", text=str(exc),
-                                                      task_id=done.task_id)])
+                                                      task_id=task_id)])
                             continue
-                        outbox.put(message_chunks("result", result, task_id=done.task_id,
-                                                  round_=done.round, site=self.o.site,
+                        finally:
+                            del done  # so its buffer can take the next message
+                        outbox.put(message_chunks("result", result, task_id=task_id,
+                                                  round_=round_, site=self.o.site,
                                                   chunk_bytes=self.o.chunk_kb * 1024))
+                        del result
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
