@@ -139,8 +139,9 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
     if model_mb >= LARGE_MODEL_MB and not cfg.server.max_concurrent_uploads:
         logging.getLogger("fedtune").warning(
             "the model has %.0f MB of trainable parameters and server.max_concurrent_uploads "
-            "= 0: the coordinator may hold one update per site at once; set it to 1 or 2 to "
-            "bound its memory (README, 'Large models')", model_mb)
+            "= 0: the coordinator may hold one update per site at once; set it to 1 or 2 "
+            "(and server.park_model = true) to bound its memory (README, 'Large models')",
+            model_mb)
     try:
         if not run_id:
             run_id = store.start_run(cfg.run.name, cfg.model_dump())
