@@ -12,7 +12,13 @@ same test loss (same numbers).
 A third figure is the floor this machine allows: the same ten site processes doing the same
 node training per round, driven by the plainest possible gRPC exchange (raw bytes echoed over
 one stream per site, no framework on either side). It shows how much of the gRPC round time
-is ten processes sharing two cores rather than fedtune.
+is ten processes sharing two cores rather than fedtune. (The floor leaves out what every
+coordinator does between rounds, in-process too: evaluate, record; so it is a low floor.)
+
+A fourth figure is the CPU time of the round's node training, summed over the ten nodes, in
+ten site processes and in the simulation's one process: the training alone needs that much
+CPU, so over gRPC a round cannot be shorter than half of it on this machine's two cores,
+while a machine with a core per site would train the ten nodes at once.
 
 Prints a human summary and, last, one JSON line of figures.
 Usage: python bench/grpc_rounds.py [--rounds 20]
@@ -70,7 +76,24 @@ def part_federated(kind: str, ws: str, port: int, rounds: int) -> dict:
                 on_round=lambda _: stamps.append(time.perf_counter()))
     rounds_s = [b - a for a, b in pairwise(stamps)]
     return {"round_s": statistics.median(rounds_s[2:]), "test_loss": result.final_test_loss,
-            "test_accuracy": result.final_test_accuracy}
+            "test_accuracy": result.final_test_accuracy,
+            "site_cpu_s": site_cpu_per_round(ws, result.run_id)}
+
+
+def site_cpu_per_round(ws: str, run_id: str) -> float:
+    """Median over rounds 3+ of the CPU seconds the round's node training took, summed over
+    the nodes (each node meters its own fit: in its process, or in the simulation's)."""
+    from collections import defaultdict
+
+    from fedtune.store import RunStore
+
+    store = RunStore(ws)
+    per_round: dict[int, float] = defaultdict(float)
+    for row in store.load_run(run_id)["node_metrics"]:
+        if row["phase"] == "fit" and row["round"] >= 3:
+            per_round[row["round"]] += row["cpu_s"]
+    store.close()
+    return statistics.median(per_round.values())
 
 
 def floor_site(address: str, node: str, ws: str, port: int, rounds: int) -> None:
@@ -196,6 +219,8 @@ def main() -> None:
                "floor_round_s": floor["round_s"],
                "floor_ratio": floor["round_s"] / local["round_s"],
                "fedtune_over_floor": remote["round_s"] / floor["round_s"],
+               "site_cpu_per_round_s": {"grpc": remote["site_cpu_s"],
+                                        "inprocess": local["site_cpu_s"]},
                "same_test_loss": remote["test_loss"] == local["test_loss"],
                "test_accuracy": remote["test_accuracy"]}
     print(f"round over gRPC {remote['round_s'] * 1000:.1f} ms vs in-process "
@@ -204,6 +229,9 @@ def main() -> None:
     print(f"floor on this machine (same 10 site processes and node training, raw gRPC echo): "
           f"{floor['round_s'] * 1000:.1f} ms, {figures['floor_ratio']:.2f}x in-process; "
           f"fedtune over gRPC is {figures['fedtune_over_floor']:.2f}x the floor")
+    print(f"node training per round, CPU summed over the 10 nodes: "
+          f"{remote['site_cpu_s'] * 1000:.1f} ms in 10 site processes vs "
+          f"{local['site_cpu_s'] * 1000:.1f} ms in one process (two cores here)")
     print(json.dumps(figures))
 
 
