@@ -59,6 +59,17 @@ def test_parking_the_model_changes_no_number(tmp_path):
     assert list((tmp_path / "parked" / "tmp").iterdir()) == []
 
 
+def test_a_model_that_cannot_be_parked_stays_in_memory(tmp_path, caplog):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "tmp").write_text("not a directory")  # parking there fails
+    plain, _, plain_params = _run(tmp_path, "plain", False)
+    kept, _, kept_params = _run(tmp_path, "full", True)
+    assert "cannot park the model" in caplog.text
+    assert kept.final_test_loss == plain.final_test_loss
+    for name, value in plain_params.items():
+        assert torch.equal(kept_params[name], value), name
+
+
 def test_parking_needs_synchronous_rounds():
     with pytest.raises(ConfigError, match=r"park_model.*sync"):
         config_from_dict({"server": {"park_model": True}, "strategy": {"mode": "async"}})

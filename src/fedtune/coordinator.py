@@ -22,6 +22,7 @@ from .algorithms.fold import RoundFold
 from .algorithms.strategy import Strategy, scaffold_control_step
 from .config import RunConfig
 from .energy import EnergyMeter
+from .errors import StoreError
 from .node.node import Workbench, derived_seed
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
@@ -220,12 +221,24 @@ class Coordinator:
         running sum and the update being received, not the model as well."""
         st = self.state
         directory = self.store.workspace / "tmp" if self.store is not None else None
-        self.parked = ParkedVector(st.params, directory)
+        try:
+            self.parked = ParkedVector(st.params, directory)
+        except OSError as exc:  # a full or unwritable disk costs memory, not the run
+            log.warning("round %d: cannot park the model in %s (%s); it stays in memory "
+                        "this round", st.round + 1, directory or "the temporary directory", exc)
+            return
         st.params = st.params.new_empty(0)
 
     def unpark(self) -> None:
-        if self.parked is not None:
+        if self.parked is None:
+            return
+        try:
             self.state.params = self.parked.load()
+        except OSError as exc:
+            raise StoreError(f"the parked global model could not be read back ({exc}); "
+                             "continue from the last completed round with "
+                             "`fedtune serve --resume`") from None
+        finally:
             self.parked.close()
             self.parked = None
 
