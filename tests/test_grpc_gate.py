@@ -51,6 +51,31 @@ def test_gate_admits_in_order_and_frees_a_slot_when_the_buffer_dies():
     assert gate.admit(99, 100, new_buffer) is not None  # small messages never wait
 
 
+def test_a_freed_buffer_takes_the_next_upload_of_its_round_only_when_nothing_views_it():
+    gate = UploadGate(1)
+    gate.begin([1, 2, 3])
+    size = 2 * 2**20
+    first = gate.admit(1, size, new_buffer)
+    address = first.ctypes.data
+    first[:4] = 7
+    update = torch.from_numpy(first[:4096].view("float32"))  # what decode() makes of it
+    view = update[8:]
+    del first, update
+    gc.collect()
+    assert gate.in_flight == 1  # a view still reads the buffer: its slot and memory stay
+    del view
+    gc.collect()
+    assert gate.in_flight == 0 and len(gate.spares) == 1
+    second = gate.admit(2, size, new_buffer)
+    assert second.ctypes.data == address  # touched memory, received into again
+    assert second.flags.writeable
+    del second
+    gate.end()  # the round is over: nothing is kept between rounds
+    assert gate.spares == []
+    gate.begin([4])
+    assert gate.admit(4, size, new_buffer) is not None
+
+
 @pytest.fixture
 def runtime():
     rt = GrpcRuntime(ServerSection(address=f"127.0.0.1:{free_port()}", insecure_no_auth=True,

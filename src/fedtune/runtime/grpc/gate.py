@@ -14,6 +14,11 @@ only slot while its predecessors, which the fold needs first, could not be read.
 Large uploads are also not read while a large broadcast is being sent: in one Python process
 every copy of a chunk (framing, gRPC's buffers, reassembly) takes the interpreter lock, so
 sending and receiving at once slows both streams.
+
+Within a round, a freed buffer takes the next upload of the same size: its memory is already
+touched, where fresh memory costs page faults (on this VM up to 3 s per GB, when the host has
+taken freed memory back). The round's end frees the spare, so between rounds the coordinator
+holds none.
 """
 
 from __future__ import annotations
@@ -47,12 +52,16 @@ class UploadGate:
         self.passed: set[int] = set()  # positions admitted or abandoned
         self.next = 0
         self.sending = 0  # large broadcasts being sent right now
+        self.spares: list[ReceiveBuffer] = []  # freed this round, to receive into again
+        self.round = 0  # counts begin() calls: a buffer freed after its round is not kept
 
     def begin(self, task_ids: Iterable[int]) -> None:
         """A round's tasks, in selection order."""
         with self.cond:
             self.order = {t: i for i, t in enumerate(task_ids)}
             self.passed, self.next = set(), 0
+            self.spares = []
+            self.round += 1
             self.cond.notify_all()
 
     def end(self) -> None:
@@ -100,15 +109,24 @@ class UploadGate:
                 self.cond.wait()
             self.in_flight += 1
             self._pass(task_id)
+            block = next((b for b in self.spares if len(b) == size), None)
+            self.spares = [b for b in self.spares if b is not block]
         try:
-            buffer = buffer_factory(size)
+            if block is None:
+                block = buffer_factory(size)
         except BaseException:
             self._release()
             raise
-        weakref.finalize(buffer, self._release)
+        # A new array object over the block: every view and tensor made from it keeps *it*
+        # alive (numpy chains views to the first array whose base is not an array), so its
+        # death means nothing reads the block any more.
+        buffer = np.frombuffer(memoryview(block), dtype=np.uint8)  # type: ignore[arg-type]
+        weakref.finalize(buffer, self._release, block, self.round if self.order else -1)
         return buffer
 
-    def _release(self) -> None:
+    def _release(self, block: ReceiveBuffer | None = None, round_: int = -1) -> None:
         with self.cond:
             self.in_flight -= 1
+            if block is not None and round_ == self.round:  # its round goes on: keep it
+                self.spares.append(block)
             self.cond.notify_all()
