@@ -170,6 +170,9 @@ def measure(size_mb: int, port: int, limit: int, rounds: int, sites_n: int = SIT
                                     "round=? AND phase='fit'", (run_id, round_)).fetchall()
             down = [size_mb / max(r["wall_s"], 1e-9) for r in rows]
             up = [size_mb * 2**20 / seconds / 2**20 for _, _, seconds in runtime.received]
+            if os.environ.get("FEDTUNE_BENCH_TRACE"):
+                print(f"round {round_}: downloads {[round(x) for x in down]} MB/s, uploads in "
+                      f"arrival order {[round(x) for x in up]} MB/s", file=sys.stderr)
             per_round.append({"down": statistics.median(down), "up": statistics.median(up),
                               "min": min(down + up), "s": record.wall_s})
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
