@@ -105,7 +105,9 @@ def test_site_killed_mid_round_is_dropped_and_may_rejoin(federation, tmp_path):
 
 
 def test_coordinator_killed_and_resumed_loses_nothing(federation, tmp_path):
-    fed = federation(config(rounds=6, strategy="scaffold", epochs=5))
+    """Killed while the model may be parked (server.park_model): the state file of the last
+    completed round has it, and the parked file vanishes with the process."""
+    fed = federation(config(rounds=6, strategy="scaffold", epochs=5) + "park_model = true\n")
     fed.start(3, "--state-dir", str(tmp_path / "states"))
     fed.wait_for_log("serve", "round 3:")
     os.kill(fed.server.pid, signal.SIGKILL)
@@ -120,8 +122,10 @@ def test_coordinator_killed_and_resumed_loses_nothing(federation, tmp_path):
     assert [r["round"] for r in data["rounds"]] == [1, 2, 3, 4, 5, 6]
     fit_rows = [(n["round"], n["node_id"]) for n in data["node_metrics"] if n["phase"] == "fit"]
     assert len(fit_rows) == len(set(fit_rows)) == 18, "every site's round counted once"
+    assert list((tmp_path / "ws" / "tmp").iterdir()) == []
     # nothing lost or applied twice: identical to one uninterrupted simulated run
-    cfg = load_config(fed.config, [f"run.workspace=\"{tmp_path / 'sim'}\""])
+    cfg = load_config(fed.config, [f"run.workspace=\"{tmp_path / 'sim'}\"",
+                                   "server.park_model=false"])
     run(cfg)
     _, sim_params = _final_params(tmp_path / "sim")
     for name in sim_params:
