@@ -30,6 +30,24 @@ def test_parked_vector_comes_back_bit_for_bit_and_leaves_no_file(tmp_path):
         ParkedVector(torch.zeros(2, 2))
 
 
+def test_a_saved_vector_is_read_back_from_its_file_and_checked_first(tmp_path):
+    from safetensors.torch import save_file
+
+    from fedtune.parking import SavedVector
+
+    vector = torch.randn(1000, generator=torch.Generator().manual_seed(2))
+    save_file({"params": vector, "opt.step": torch.tensor(3)}, str(tmp_path / "state.st"))
+    back = SavedVector(tmp_path / "state.st", "params", vector).load()
+    assert torch.equal(back, vector)
+    with pytest.raises(ValueError, match="shape"):
+        SavedVector(tmp_path / "state.st", "params", torch.zeros(999))
+    with pytest.raises(OSError):
+        SavedVector(tmp_path / "missing.st", "params", vector)
+    (tmp_path / "bad.st").write_bytes(b"not safetensors")
+    with pytest.raises(OSError):
+        SavedVector(tmp_path / "bad.st", "params", vector)
+
+
 def _run(tmp_path, name, park):
     cfg = config_from_dict({
         "run": {"rounds": 3, "workspace": str(tmp_path / name), "checkpoint_every": 1},

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from .errors import StoreError
 from .node.node import Workbench, derived_seed
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
-from .parking import ParkedVector
+from .parking import ParkedVector, SavedVector
 from .runtime.base import Reply, Runtime
 from .store import RunStore
 from .types import (
@@ -82,7 +83,8 @@ class Coordinator:
         self.resumable = resumable  # write the state to resume from after every round
         params = bench.flat.vector.detach().clone()
         self.numel, self.device = params.numel(), params.device
-        self.parked: ParkedVector | None = None
+        self.parked: ParkedVector | SavedVector | None = None
+        self.saved_params: Path | None = None  # state file holding the current params
         # The workbench (the model, its gradient) is only needed to evaluate and to train
         # centrally: free it in between unless in-process nodes train on it too.
         self.release_bench = cfg.server.park_model or not getattr(
@@ -216,13 +218,21 @@ class Coordinator:
         return self.close_round(round_, nodes, failed, ledger, wall0)
 
     def park(self) -> None:
-        """Move the global parameters to a temporary file until the server step
-        (server.park_model): while updates are collected the coordinator then holds the
-        running sum and the update being received, not the model as well."""
+        """Let go of the global parameters until the server step (server.park_model): while
+        updates are collected the coordinator then holds the running sum and the update
+        being received, not the model as well. They are read back from the state file of the
+        last round when there is one (serve writes it for --resume), else from a temporary
+        file."""
         st = self.state
         directory = self.store.workspace / "tmp" if self.store is not None else None
+        if self.saved_params is not None:  # the last round's state file holds them
+            try:
+                self.parked = SavedVector(self.saved_params, "params", st.params)
+            except (OSError, ValueError) as exc:
+                log.info("round %d: parking in a temporary file: %s", st.round + 1, exc)
         try:
-            self.parked = ParkedVector(st.params, directory)
+            if self.parked is None:
+                self.parked = ParkedVector(st.params, directory)
         except OSError as exc:  # a full or unwritable disk costs memory, not the run
             log.warning("round %d: cannot park the model in %s (%s); it stays in memory "
                         "this round", st.round + 1, directory or "the temporary directory", exc)
@@ -318,6 +328,7 @@ class Coordinator:
             state_path = self.store.write_state(self.run_id, round_, self.snapshot(),
                                                 {"kind": "coordinator-state"}) \
                 if self.resumable else None
+            self.saved_params = state_path  # the next round parks the model there
             self.store.record_round(self.run_id, record, ledger, state_path)
             if self.resumable:
                 self.store.prune_states(self.run_id)

@@ -6,7 +6,9 @@ temporary file (gone when closed, or when the process dies) and drops its own re
 the memory is freed once the runtime has sent the last byte, and the coordinator holds the
 running sum and the update being received instead of those two plus the model. The cost is
 one sequential write and one read of the model per round, which the page cache usually
-serves from memory the kernel may reclaim.
+serves from memory the kernel may reclaim. When the model was just written anyway (the state
+file `fedtune serve` keeps for --resume), :class:`SavedVector` reads it back from there and
+parking writes nothing.
 """
 
 from __future__ import annotations
@@ -50,3 +52,32 @@ class ParkedVector:
 
     def close(self) -> None:
         self.file.close()
+
+
+class SavedVector:
+    """A vector already saved under ``name`` in a safetensors file; :meth:`load` reads it."""
+
+    def __init__(self, path: Path, name: str, like: torch.Tensor) -> None:
+        from safetensors import SafetensorError, safe_open
+
+        try:  # fail now, not after the round
+            with safe_open(str(path), framework="pt") as fh:
+                shape = fh.get_slice(name).get_shape()
+        except SafetensorError as exc:
+            raise OSError(f"{path}: {exc}") from None
+        if shape != [like.numel()]:
+            raise ValueError(f"{path} holds {name} of shape {shape}, not ({like.numel()},)")
+        self.path, self.name, self.device = path, name, like.device
+
+    def load(self) -> torch.Tensor:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt") as fh:
+                tensor: torch.Tensor = fh.get_tensor(self.name)
+        except SafetensorError as exc:
+            raise OSError(f"{self.path}: {exc}") from None
+        return tensor.to(self.device)
+
+    def close(self) -> None:
+        pass
