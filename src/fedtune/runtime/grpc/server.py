@@ -337,7 +337,7 @@ class GrpcRuntime:
             with self._sending():  # ends when the last chunk is sent, or the stream ends
                 chunks = message_chunks(kind, None, task_id=task_id, round_=round_,
                                         chunk_bytes=self.chunk_bytes, views=views)
-                del views  # sent: the broadcast's memory is not held while waiting
+                del views  # only the generator holds the broadcast, until its last byte is sent
                 yield from chunks
                 del chunks
 
