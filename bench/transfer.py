@@ -35,6 +35,7 @@ import json
 import os
 import queue
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -181,8 +182,6 @@ def measure(size_mb: int, port: int, limit: int, rounds: int, sites_n: int = SIT
         store.close()
         for p in sites:
             p.wait(timeout=120)
-        import shutil
-
         shutil.rmtree(workspace, ignore_errors=True)
     steady = per_round[1:] or per_round
     return {"size_mb": size_mb, "sites": sites_n, "transfers_at_once": limit or sites_n,

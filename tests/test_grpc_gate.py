@@ -65,13 +65,13 @@ def test_a_freed_buffer_takes_the_next_upload_of_its_round_only_when_nothing_vie
     assert gate.in_flight == 1  # a view still reads the buffer: its slot and memory stay
     del view
     gc.collect()
-    assert gate.in_flight == 0 and len(gate.spares) == 1
+    assert gate.in_flight == 0 and len(gate.pool.spares) == 1
     second = gate.admit(2, size, new_buffer)
     assert second.ctypes.data == address  # touched memory, received into again
     assert second.flags.writeable
     del second
     gate.end()  # the round is over: nothing is kept between rounds
-    assert gate.spares == []
+    assert gate.pool.spares == []
     gate.begin([4])
     assert gate.admit(4, size, new_buffer) is not None
 

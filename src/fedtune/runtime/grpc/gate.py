@@ -41,6 +41,54 @@ def new_buffer(size: int) -> ReceiveBuffer:
     return np.empty(size, dtype=np.uint8)
 
 
+class BufferPool:
+    """Receive buffers received into again once nothing reads them: their memory is already
+    touched, where fresh memory costs page faults.
+
+    :meth:`lease` returns a new array object over a block (a spare one of the same size, or
+    a fresh one). Every view and tensor made from that array keeps *it* alive (numpy chains
+    views to the first array whose base is not an array), so its death means nothing reads
+    the block any more: the block becomes a spare, unless the pool was restarted since or
+    is not keeping. With ``latest_only`` (a site), only the newest lease's block is kept and
+    a lease drops the spare it does not take, so the pool never holds two buffers.
+    """
+
+    def __init__(self, *, latest_only: bool = False, keeping: bool = True) -> None:
+        self.latest_only, self.keeping = latest_only, keeping
+        self.lock = threading.Lock()
+        self.spares: list[ReceiveBuffer] = []
+        self.generation = 0
+
+    def lease(self, size: int, on_free: Callable[[], None] | None = None,
+              factory: Callable[[int], ReceiveBuffer] = new_buffer) -> ReceiveBuffer:
+        """A buffer of ``size`` bytes; ``on_free`` runs when nothing reads it any more."""
+        with self.lock:
+            block = next((b for b in self.spares if len(b) == size), None)
+            self.spares = [b for b in self.spares if b is not block and not self.latest_only]
+            if self.latest_only:
+                self.generation += 1  # blocks of earlier leases are not kept
+            generation = self.generation
+        if block is None:
+            block = factory(size)
+        buffer = np.frombuffer(memoryview(block), dtype=np.uint8)  # type: ignore[arg-type]
+        weakref.finalize(buffer, self._returned, block, generation, on_free)
+        return buffer
+
+    def _returned(self, block: ReceiveBuffer, generation: int,
+                  on_free: Callable[[], None] | None) -> None:
+        with self.lock:  # the spare is in place before on_free wakes a waiting upload
+            if self.keeping and generation == self.generation:
+                self.spares.append(block)
+        if on_free is not None:
+            on_free()
+
+    def restart(self, *, keeping: bool) -> None:
+        """Drop the spares; buffers leased before are not kept when they come back."""
+        with self.lock:
+            self.generation += 1
+            self.spares, self.keeping = [], keeping
+
+
 class UploadGate:
     """Admits messages ``limit`` at a time (0: no limit), a round's in selection order."""
 
@@ -52,16 +100,14 @@ class UploadGate:
         self.passed: set[int] = set()  # positions admitted or abandoned
         self.next = 0
         self.sending = 0  # large broadcasts being sent right now
-        self.spares: list[ReceiveBuffer] = []  # freed this round, to receive into again
-        self.round = 0  # counts begin() calls: a buffer freed after its round is not kept
+        self.pool = BufferPool(keeping=False)  # freed buffers of this round, received into again
 
     def begin(self, task_ids: Iterable[int]) -> None:
         """A round's tasks, in selection order."""
         with self.cond:
             self.order = {t: i for i, t in enumerate(task_ids)}
             self.passed, self.next = set(), 0
-            self.spares = []
-            self.round += 1
+            self.pool.restart(keeping=bool(self.order))  # nothing is kept between rounds
             self.cond.notify_all()
 
     def end(self) -> None:
@@ -109,24 +155,13 @@ class UploadGate:
                 self.cond.wait()
             self.in_flight += 1
             self._pass(task_id)
-            block = next((b for b in self.spares if len(b) == size), None)
-            self.spares = [b for b in self.spares if b is not block]
         try:
-            if block is None:
-                block = buffer_factory(size)
+            return self.pool.lease(size, self._release, buffer_factory)
         except BaseException:
             self._release()
             raise
-        # A new array object over the block: every view and tensor made from it keeps *it*
-        # alive (numpy chains views to the first array whose base is not an array), so its
-        # death means nothing reads the block any more.
-        buffer = np.frombuffer(memoryview(block), dtype=np.uint8)  # type: ignore[arg-type]
-        weakref.finalize(buffer, self._release, block, self.round if self.order else -1)
-        return buffer
 
-    def _release(self, block: ReceiveBuffer | None = None, round_: int = -1) -> None:
+    def _release(self) -> None:
         with self.cond:
             self.in_flight -= 1
-            if block is not None and round_ == self.round:  # its round goes on: keep it
-                self.spares.append(block)
             self.cond.notify_all()
