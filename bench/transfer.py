@@ -59,7 +59,8 @@ def site_main(address: str, name: str) -> None:
     from fedtune.types import FitRes, NodeMeter
 
     outbox: queue.Queue = queue.Queue()
-    outbox.put([control_chunk("hello", site=name), control_chunk("ready", site=name)])
+    outbox.put([control_chunk("hello", site=name),
+                control_chunk("ready", text='{"train_examples": 1000}', site=name)])
 
     def requests():
         while (item := outbox.get()) is not None:

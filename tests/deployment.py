@@ -98,7 +98,7 @@ class RawSite:
         self.inbox: queue.Queue = queue.Queue()
         self.channel = grpc.insecure_channel(address)
         self.outbox.put(hello or control_chunk("hello", site=site))
-        self.outbox.put(control_chunk("ready", site=site))
+        self.outbox.put(control_chunk("ready", text='{"train_examples": 100}', site=site))
 
         def requests():
             while (item := self.outbox.get()) is not None:

@@ -150,7 +150,7 @@ insecure_no_auth = true
         fed.serve()
         fed.join("node-0")
         raw = None
-        fed.wait_for_log("serve", "site node-0 joined")
+        fed.wait_for_log("serve", "site node-0 ready")
         raw = RawSite(fed.address, "node-1")
         assert raw.next_message().kind == "welcome"
         for round_ in (1, 2):
@@ -162,7 +162,9 @@ insecure_no_auth = true
         raw.next_message()  # the evaluation task; leave it unanswered until the deadline
         raw.close()
         out = json.loads(fed.finish())
-        assert out["status"] == "complete"
+        # the coordinator served on; with one valid update of strategy.min_nodes = 2 no round
+        # changed the model, and the run says so
+        assert out["status"] == "failed" and "strategy.min_nodes = 2" in out["status_reason"]
         assert "update has shape (3,)" in fed.log("serve")
         data = RunStore(tmp_path / "ws").load_run("last")
         assert [r["failed"] for r in data["rounds"]] == [1, 1]

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from fedtune.config import ServerSection, load_config
-from fedtune.runtime.grpc.security import load_tokens, make_certificates
+from fedtune.runtime.grpc.security import load_tokens, make_certificates, token_for
 from fedtune.runtime.grpc.server import GrpcRuntime
 
 from .conftest import FEDTUNE
@@ -43,7 +43,8 @@ def coordinator(pki):
 def _join(pki, address, site, *, ca="good", cert_of=None, token=None, attempts=2):
     good = pki / "good"
     cert_of = cert_of or site
-    token = token if token is not None else load_tokens(str(good / "tokens.toml")).get(site, "x")
+    own = good / f"{site}.token"
+    token = token if token is not None else (own.read_text().strip() if own.exists() else "x")
     return subprocess.run(
         [FEDTUNE, "join", "--server", address, "--site", site, "--data", "partition:node-0",
          "--ca", str(pki / ca / "ca.pem"), "--cert", str(good / f"{cert_of}.pem"),
@@ -77,7 +78,7 @@ def test_refused_sites_get_a_clear_error_and_the_coordinator_serves_on(
         [FEDTUNE, "join", "--server", address, "--site", "node-0", "--data", "partition:node-0",
          "--ca", str(pki / "good" / "ca.pem"), "--cert", str(pki / "good" / "node-0.pem"),
          "--key", str(pki / "good" / "node-0.key"), "--token-file",
-         str(pki / "good" / "tokens.toml")],
+         str(pki / "good" / "node-0.token")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         assert runtime.wait_for_nodes(1) == ["node-0"]
@@ -93,3 +94,36 @@ def test_server_refuses_to_start_without_any_authentication():
     with pytest.raises(FedtuneError, match=r"server\.tokens"):
         GrpcRuntime(ServerSection(address=f"127.0.0.1:{free_port()}"),
                     welcome=cfg.model_dump(), expected_bytes=1024)
+
+
+def test_certs_give_each_site_only_its_token_and_the_coordinator_only_salted_hashes(pki):
+    good = pki / "good"
+    hashes = load_tokens(str(good / "tokens.toml"))
+    tokens = {site: (good / f"{site}.token").read_text().strip() for site in hashes}
+    assert sorted(hashes) == ["evil", "node-0", "node-1"]
+    for site, token in tokens.items():
+        assert hashes[site].startswith("sha256:") and token not in hashes[site]
+        assert token not in (good / "tokens.toml").read_text()
+        assert token_for(str(good / f"{site}.token"), site) == token
+    # two sites' hashes use different salts, and a token matches only its own site's hash
+    from fedtune.runtime.grpc.security import token_matches
+
+    assert token_matches(hashes["node-0"], tokens["node-0"])
+    assert not token_matches(hashes["node-0"], tokens["node-1"])
+    assert not token_matches(hashes["node-0"], hashes["node-0"])
+    # the coordinator's file is refused as a site's token file, with the fix named
+    from fedtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"node-0\.token"):
+        token_for(str(good / "tokens.toml"), "node-0")
+
+
+def test_serve_warns_when_tokens_are_used_without_a_client_ca(pki, caplog):
+    good = pki / "good"
+    cfg = load_config(None, ["data.num_nodes=2"])
+    with caplog.at_level("WARNING", logger="fedtune.server"):
+        runtime = GrpcRuntime(ServerSection(address=f"127.0.0.1:{free_port()}",
+                                            tokens=str(good / "tokens.toml")),
+                              welcome=cfg.model_dump(), expected_bytes=1024)
+        runtime.close()
+    assert "without server.client_ca" in caplog.text

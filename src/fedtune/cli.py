@@ -35,7 +35,8 @@ def _fail(exc: FedtuneError) -> None:
 
 
 def _print_result(result: Any, output: str, title: str) -> None:
-    """The final summary: one JSON object on stdout, or a table for people."""
+    """The final summary: one JSON object on stdout, or a table for people. A run that
+    learned nothing, or too little (status degraded or failed), then exits with code 3."""
     from .report.summary import result_summary, summary_table
 
     summary = result_summary(result)
@@ -43,6 +44,10 @@ def _print_result(result: Any, output: str, title: str) -> None:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         out.print(summary_table(summary, title=title))
+    if result.status != "complete":
+        sys.stderr.write(f"error: run {result.run_id} ended {result.status}: "
+                         f"{result.extra.get('status_reason', '')}\n")
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -176,6 +176,11 @@ class ServerSection(Section):
     max_concurrent_downloads: int = Field(0, ge=0)
     park_model: bool = False
     max_message_mb: int = Field(8192, ge=1)
+    # hardening against sites that are authenticated but misbehave
+    hello_timeout_s: float = Field(10.0, gt=0)
+    upload_idle_s: float = Field(30.0, gt=0)
+    stale_memory_mb: int = Field(1024, ge=0)
+    max_site_examples: int = Field(100_000_000, ge=1, le=2**53)
 
     @field_validator("address")
     @classmethod

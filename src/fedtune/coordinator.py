@@ -2,8 +2,11 @@
 
 The coordinator holds the global parameter vector, the server optimizer state and, for
 SCAFFOLD, the server control variate. It talks to nodes only through a runtime, so the same
-loop drives a simulation, a Ray cluster or real sites. Invalid updates (wrong size, NaN or
-infinite values) are dropped with a logged reason and never reach the aggregate.
+loop drives a simulation, a Ray cluster or real sites. Invalid updates (wrong size or dtype,
+NaN or infinite values, more examples than the node can have visited) are dropped with a
+logged reason and never reach the aggregate; a step that would make the model non-finite is
+not taken (the round leaves the model unchanged, and :mod:`fedtune.run_health` judges the run
+by such rounds).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .node.node import Workbench, derived_seed
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
 from .parking import ParkedVector, SavedVector
+from .run_health import RunHealth, max_examples
 from .runtime.base import Reply, Runtime
 from .store import RunStore
 from .types import (
@@ -99,6 +103,9 @@ class Coordinator:
         uplink = {"uplink": comp.uplink, "error_feedback": comp.error_feedback,
                   "block": comp.block} if comp.uplink else {}
         self.node_config = {**local, **strategy.node_plan, **uplink}
+        self.plan = LocalPlan.from_config(self.node_config)
+        self.health = RunHealth()
+        self.unchanged_because: str | None = None  # set by apply_fold for close_round
         data = bench.task.data
         self.x_central, self.y_central = (data.x_central.to(bench.flat.device),
                                           data.y_central.to(bench.flat.device))
@@ -161,13 +168,22 @@ class Coordinator:
                       res.num_examples, res.num_steps, res.train_loss, aux, res.meter)
 
     def _valid(self, res: FitRes) -> str | None:
-        if res.update.shape != (self.numel,):
-            return f"update has shape {tuple(res.update.shape)}, expected ({self.numel},)"
+        if res.update.shape != (self.numel,) or res.update.dtype != torch.float32:
+            return (f"update has shape {tuple(res.update.shape)} and dtype {res.update.dtype}, "
+                    f"expected ({self.numel},) float32")
+        dc = res.aux.get("scaffold_dc")
+        if dc is not None and (dc.shape != (self.numel,) or dc.dtype != torch.float32):
+            return f"scaffold_dc has shape {tuple(dc.shape)}, expected ({self.numel},) float32"
         if (res.encoding or not getattr(self.runtime, "checks_finite", False)) \
-                and not all_finite(res.update):
+                and not (all_finite(res.update) and (dc is None or all_finite(dc))):
             return "update holds NaN or infinite values"
-        if res.num_examples <= 0:
+        if not res.num_examples >= 1:
             return f"update claims {res.num_examples} examples"
+        known = self.runtime.train_examples(res.node_id)
+        bound = max_examples(self.plan, known) if known is not None else None
+        if bound is not None and res.num_examples > bound:
+            return (f"update claims {res.num_examples} examples; the {known} training "
+                    f"examples it has allow at most {bound} per round")
         return None
 
     def run_round(self, round_: int) -> RoundRecord:
@@ -203,7 +219,11 @@ class Coordinator:
                         fold.skip(order[row.node_id])
                     continue
                 taken[res.node_id] = res.num_examples
-                fold_cpu += self.fold_in(fold, res, 1.0, position=order[res.node_id])
+                position = order[res.node_id]
+                spill = cfg.server.max_concurrent_uploads and position != fold.next \
+                    and "scaffold_dc" not in res.aux
+                fold_cpu += self.fold_in(fold, res, 1.0, position=position,
+                                         update=self._spilled(res.update) if spill else None)
                 del res  # a large update's receive buffer is freed once it is folded
         except BaseException:
             self.unpark()
@@ -252,23 +272,41 @@ class Coordinator:
             self.parked.close()
             self.parked = None
 
+    def _spilled(self, update: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """An update that arrived before its turn in the fold, moved to a temporary file so
+        its receive buffer (and upload slot) is free until then (server.
+        max_concurrent_uploads bounds the updates held in memory)."""
+        directory = self.store.workspace / "tmp" if self.store is not None else None
+        parked = ParkedVector(update, directory)
+
+        def load() -> torch.Tensor:
+            try:
+                return parked.load()
+            finally:
+                parked.close()
+
+        return load
+
     def new_fold(self) -> RoundFold:
         return RoundFold(self.strategy.aggregator,
                          normalize_by_steps=self.strategy.normalize_by_steps)
 
     def fold_in(self, fold: RoundFold, res: FitRes, factor: float, *,
-                position: int | None = None) -> float:
+                position: int | None = None,
+                update: Callable[[], torch.Tensor] | None = None) -> float:
         """Fold one valid update (weighted by examples x ``factor``, or by ``factor`` alone
-        with strategy.weighting = "uniform"); ``position`` None folds it now. Returns the
-        CPU seconds it took (metered as the round's aggregation)."""
+        with strategy.weighting = "uniform"); ``position`` None folds it now; ``update``
+        loads the update in place of ``res.update`` (spilled). Returns the CPU seconds it
+        took (metered as the round's aggregation)."""
         cpu0 = time.thread_time()
         weight = float(res.num_examples) * factor \
             if self.cfg.strategy.weighting == "examples" else factor
         dc = res.aux.get("scaffold_dc") if self.state.control is not None else None
+        vector = update if update is not None else res.update
         if position is None:
-            fold.append(res.update, weight, float(res.num_steps), dc)
+            fold.append(vector, weight, float(res.num_steps), dc)
         else:
-            fold.offer(position, res.update, weight, float(res.num_steps), dc)
+            fold.offer(position, vector, weight, float(res.num_steps), dc)
         return time.thread_time() - cpu0
 
     def screen(self, reply: Reply, round_: int, *, expected_round: int | None,
@@ -324,6 +362,8 @@ class Coordinator:
             energy_j=sum(n.energy_j for n in ledger), co2_g=sum(n.co2_g for n in ledger))
         st.round = round_
         st.history.append(record)
+        self.health.record(round_, self.unchanged_because)
+        self.unchanged_because = None
         if self.store is not None:
             state_path = self.store.write_state(self.run_id, round_, self.snapshot(),
                                                 {"kind": "coordinator-state"}) \
@@ -384,17 +424,29 @@ class Coordinator:
             examples += res.num_examples
         needed = self.cfg.strategy.min_nodes if min_updates is None else min_updates
         if fold.count < needed:
+            self.unchanged_because = (f"fewer valid updates than strategy.min_nodes = "
+                                      f"{needed}")
             log.warning("round %d: only %d valid updates, strategy.min_nodes = %d; the global "
-                        "model is unchanged", st.round + 1, fold.count,
-                        self.cfg.strategy.min_nodes)
+                        "model is unchanged", st.round + 1, fold.count, needed)
             return 0
         delta = fold.delta(self.strategy.aggregator).to(st.params.device)
         # the fold is finished, so the step may write the new parameters into delta
-        st.params, st.opt_state = self.strategy.server_opt.apply(
+        params, opt_state = self.strategy.server_opt.apply(
             st.params, delta, st.opt_state, consume=True)  # type: ignore[arg-type]
+        del delta
         dc_sum = fold.control_delta_sum()
-        if st.control is not None and dc_sum is not None:
-            st.control = scaffold_control_step(st.control, dc_sum, len(self.runtime.node_ids))
+        control = st.control
+        if control is not None and dc_sum is not None:
+            control = scaffold_control_step(control, dc_sum, len(self.runtime.node_ids))
+        # a non-finite aggregate (updates too large for float32, however valid each one is)
+        # makes non-finite parameters: that step is not taken, the model stays as it is
+        if not (all_finite(params) and (control is None or all_finite(control))):
+            self.unchanged_because = "the aggregate was not finite (updates too large)"
+            log.warning("round %d: the server step would make the model non-finite (the "
+                        "aggregate of %d updates overflows float32); the global model is "
+                        "unchanged", st.round + 1, fold.count)
+            return 0
+        st.params, st.opt_state, st.control = params, opt_state, control
         return examples
 
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -476,8 +528,12 @@ class Coordinator:
             total_energy_j=sum(r.energy_j for r in hist) + sum(x.energy_j for x in eval_ledger),
             total_co2_g=sum(r.co2_g for r in hist) + sum(x.co2_g for x in eval_ledger),
             wall_s=time.perf_counter() - t0, energy_method=self.meter.method)
+        result.status, reason = self.health.verdict()
+        if reason:
+            result.extra["status_reason"] = reason
+            log.warning("run %s ended %s: %s", self.run_id, result.status, reason)
         if self.store is not None:
-            self.store.finish_run(self.run_id, result)
+            self.store.finish_run(self.run_id, result, result.status)
         return result
 
     def _evaluate_nodes(self) -> tuple[dict[str, EvalRes], list[NodeRoundRecord]]:

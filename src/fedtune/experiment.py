@@ -125,6 +125,7 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
     cfg = config
     store = RunStore(cfg.run.workspace)
     run_id = ""
+    crashed = False
     saved: tuple[int, dict[str, torch.Tensor], dict[str, str]] | None = None
     if resume:
         run_id = store.resumable_run(resume_run)
@@ -135,6 +136,13 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
     numel = bench.flat.spec.numel
     welcome = cfg.model_dump(exclude={"server"})
     runtime = GrpcRuntime(cfg.server, welcome=welcome, expected_bytes=3 * 4 * numel + 2**20)
+    known = runtime.known_sites
+    if known is not None and cfg.strategy.min_nodes > known:
+        runtime.close()
+        store.close()
+        raise ConfigError(f"strategy.min_nodes = {cfg.strategy.min_nodes} but only {known} "
+                          f"sites have a token in server.tokens = {cfg.server.tokens!r}: no "
+                          "round could ever start; lower strategy.min_nodes or add sites")
     model_mb = 4 * numel / 2**20
     if model_mb >= LARGE_MODEL_MB and not cfg.server.max_concurrent_uploads:
         logging.getLogger("fedtune").warning(
@@ -159,9 +167,12 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
             on_start(run_id, cfg.run.rounds)
         try:
             return coordinator.run()
-        except Exception as exc:
-            store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            # not final: `fedtune serve --resume` continues from the last completed round,
+            # and the sites keep reconnecting until it does
+            crashed = True
+            store.crash_run(run_id, f"{type(exc).__name__}: {exc}")
             raise
     finally:
-        runtime.close()
+        runtime.close(final=not crashed)
         store.close()

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   PRIMARY KEY (run_id, round));
 """
 
+RESUMABLE = ("incomplete", "crashed")
 ROUND_COLUMNS = ["round", "nodes", "failed", "train_loss", "test_loss", "test_accuracy",
                  "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g"]
 NODE_COLUMNS = ["round", "node_id", "phase", "examples", "steps", "train_loss", "wall_s",
@@ -208,14 +209,20 @@ class RunStore:
                             energy_j=r["energy_j"], co2_g=r["co2_g"]) for r in rows]
 
     def resumable_run(self, run: str | None) -> str:
-        """The run to resume: the given one, or the newest run that did not complete."""
+        """The run to resume: the given one, or the newest run that did not complete
+        (killed, or crashed on an error)."""
         if run:
-            return self.resolve(run)
+            run_id = self.resolve(run)
+            row = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if self._status(row) not in RESUMABLE:
+                raise StoreError(f"run {run_id} is {self._status(row)}; only an incomplete or "
+                                 "crashed run can be resumed")
+            return run_id
         rows = self.db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
         for row in rows:
-            if self._status(row) == "incomplete":
+            if self._status(row) in RESUMABLE:
                 return str(row["run_id"])
-        raise StoreError(f"no incomplete run in {self.path} to resume")
+        raise StoreError(f"no incomplete or crashed run in {self.path} to resume")
 
     def mark_resumed(self, run_id: str, round_: int) -> None:
         """Reopen a run at its state after ``round_``: later partial records are dropped, so
@@ -231,6 +238,18 @@ class RunStore:
         with self.db:
             self.db.execute("UPDATE runs SET status=?, finished=?, result_json=? WHERE run_id=?",
                             (status, time.time(), json.dumps(asdict(result)), run_id))
+
+    def crash_run(self, run_id: str, reason: str) -> None:
+        """The coordinator stopped on an error mid-run: ``crashed`` is not final, ``fedtune
+        serve --resume`` continues such a run from its last completed round. Never raises:
+        the store may be what failed (disk full), and the first error is the one to report."""
+        try:
+            with self.db:
+                self.db.execute("UPDATE runs SET status='crashed', finished=?, result_json=? "
+                                "WHERE run_id=?",
+                                (time.time(), json.dumps({"error": reason}), run_id))
+        except sqlite3.Error:
+            pass
 
     def fail_run(self, run_id: str, reason: str) -> None:
         with self.db:

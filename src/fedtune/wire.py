@@ -9,7 +9,9 @@ scalar fields, and for each tensor its name, dtype,
 shape and byte length, in payload order. Payloads are the tensors' raw bytes, back to back.
 :func:`encoded_size` computes ``len(encode(msg))`` from the same header without copying any
 tensor, so the in-process runtime reports exact bytes at no cost; :func:`decode` validates
-kind, dtype, shapes, sizes and finiteness and raises :class:`MessageError` naming the problem.
+the header against the declared schema of each message (:mod:`fedtune.message_schema`:
+field types and ranges, which tensors with which dtypes), sizes and finiteness, and raises
+:class:`MessageError` naming the problem.
 
 Why not safetensors: its header has alignment padding we would have to re-derive to count
 bytes without serializing, and it cannot carry the scalar fields beside the tensors.
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import MessageError
+from .message_schema import check_fields, check_table
 from .types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
 
 MAGIC = b"FTW1"
@@ -138,24 +141,26 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray, *, max_bytes: int 
         raise MessageError(f"message header length {hlen} is impossible for {len(view)} bytes")
     try:
         header = json.loads(bytes(view[8:8 + hlen]))
-        kind, scalars, table = header["kind"], header["fields"], header["tensors"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise MessageError(f"message header is not valid JSON of a fedtune message: {exc}") from None
-    if kind not in MESSAGES:
-        raise MessageError(f"unknown message kind {kind!r}")
+    except (ValueError, RecursionError) as exc:
+        raise MessageError(f"message header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict) or set(header) != {"kind", "fields", "tensors"}:
+        raise MessageError("message header must be a JSON object with kind, fields, tensors")
+    kind = header["kind"]
+    if not isinstance(kind, str) or kind not in MESSAGES:
+        raise MessageError(f"unknown message kind {kind!r:.60}")
+    scalars = check_fields(kind, header["fields"])
+    table = check_table(kind, header["tensors"], DTYPES)
     offset, values, aux = 8 + hlen, dict(scalars), {}
-    for name, dtype, shape, nbytes in table:
-        if dtype not in DTYPES:
-            raise MessageError(f"tensor {name!r} has unsupported dtype {dtype!r}")
-        tdtype = DTYPES[dtype]
+    for row in table:
+        name, tdtype, shape = row.name, DTYPES[row.dtype], row.shape
         numel = math.prod(shape)
-        if numel * tdtype.itemsize != nbytes or offset + nbytes > len(view):
-            raise MessageError(f"tensor {name!r} claims shape {shape} / {nbytes} bytes, which "
-                               "does not fit the message")
-        t = _tensor_at(data, view, offset, nbytes, tdtype).view(shape)
+        if numel * tdtype.itemsize != row.nbytes or offset + row.nbytes > len(view):
+            raise MessageError(f"tensor {name!r} claims shape {shape} / {row.nbytes} bytes, "
+                               "which does not fit the message")
+        t = _tensor_at(data, view, offset, row.nbytes, tdtype).view(shape)
         if require_finite and not all_finite(t):
             raise MessageError(f"tensor {name!r} holds NaN or infinite values")
-        offset += nbytes
+        offset += row.nbytes
         if name.startswith("aux."):
             aux[name[4:]] = t
         else:
@@ -166,13 +171,11 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray, *, max_bytes: int 
     if "aux" in {f.name for f in fields(cls)}:
         values["aux"] = aux
     if "meter" in values:
-        numbers = values.get("meter")
-        method = scalars.get("meter", {}).get("energy_method", "")
-        if not isinstance(numbers, torch.Tensor) or numbers.shape != (4,):
+        numbers = values["meter"]
+        if numbers.shape != (4,):
             raise MessageError("a result's meter must be 4 float64 values")
         wall, cpu, energy, co2 = (float(v) for v in numbers)
-        values["meter"] = NodeMeter(wall, cpu, energy, co2, str(method))
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise MessageError(f"{kind} has wrong fields: {exc}") from None
+        if not all(0.0 <= v < 1e18 for v in (wall, cpu, energy, co2)):
+            raise MessageError(f"a result's meter holds impossible values {numbers.tolist()}")
+        values["meter"] = NodeMeter(wall, cpu, energy, co2, scalars["meter"]["energy_method"])
+    return cls(**values)

@@ -11,20 +11,27 @@ runtime can reuse or free it) and stacks them at the end.
 
 Updates accepted after the round's own (stragglers' late updates, asynchronous buffers)
 are folded with :meth:`RoundFold.append` in call order.
+
+An update may be given as a loader (a function returning the tensor), for an update that
+waits for its turn outside memory (a coordinator with bounded uploads spills an update that
+arrives before its predecessors to disk); it is loaded when folded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .aggregate import Aggregator, WeightedSum, weighted_mean
 
+Update = torch.Tensor | Callable[[], torch.Tensor]
+
 
 @dataclass
 class _Entry:
-    update: torch.Tensor
+    update: Update
     weight: float
     steps: float
     control_delta: torch.Tensor | None
@@ -50,7 +57,7 @@ class RoundFold:
         """Updates folded so far."""
         return len(self.weights)
 
-    def offer(self, position: int, update: torch.Tensor, weight: float, steps: float,
+    def offer(self, position: int, update: Update, weight: float, steps: float,
               control_delta: torch.Tensor | None = None) -> None:
         """The update of the node selected at ``position`` (0-based)."""
         if position in self.done or position in self.pending:
@@ -71,7 +78,7 @@ class RoundFold:
             self.done.add(position)
         self.next = max(self.done, default=-1) + 1
 
-    def append(self, update: torch.Tensor, weight: float, steps: float,
+    def append(self, update: Update, weight: float, steps: float,
                control_delta: torch.Tensor | None = None) -> None:
         """An update outside the round's order, folded now."""
         self._fold(_Entry(update, weight, steps, control_delta))
@@ -87,10 +94,11 @@ class RoundFold:
 
     def _fold(self, e: _Entry) -> None:
         tau = max(e.steps, 1.0)
+        update = e.update if isinstance(e.update, torch.Tensor) else e.update()
         if self.streaming:
-            self.sum.add(e.update, e.weight / tau if self.normalize_by_steps else e.weight)
+            self.sum.add(update, e.weight / tau if self.normalize_by_steps else e.weight)
         else:
-            self.rows.append(e.update.clone())
+            self.rows.append(update.clone())
         if e.control_delta is not None:
             self.control_sum.add(e.control_delta, 1.0)
         self.weights.append(e.weight)

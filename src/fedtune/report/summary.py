@@ -26,6 +26,7 @@ def result_summary(result: RunResult) -> dict[str, Any]:
     summary: dict[str, Any] = _clean({
         "run_id": result.run_id,
         "status": result.status,
+        "status_reason": result.extra.get("status_reason", ""),
         "rounds": len(result.rounds),
         "test_accuracy": result.final_test_accuracy,
         "test_loss": result.final_test_loss,

@@ -41,6 +41,10 @@ class InProcessRuntime:
     def node_ids(self) -> list[str]:
         return list(self.nodes)
 
+    def train_examples(self, node_id: str) -> int | None:
+        node = self.nodes.get(node_id)
+        return None if node is None else node.data.num_train
+
     def _call(self, node_id: str, ins: FitIns | EvalIns, down: int | None = None) -> Reply:
         down = encoded_size(ins) if down is None else down
         node = self.nodes[node_id]

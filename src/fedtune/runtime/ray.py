@@ -83,10 +83,14 @@ class RayRuntime:
             for d in shard:
                 self._where[d.node_id] = host
         self._ids = [d.node_id for d in data]
+        self._examples = {d.node_id: d.num_train for d in data}
 
     @property
     def node_ids(self) -> list[str]:
         return list(self._ids)
+
+    def train_examples(self, node_id: str) -> int | None:
+        return self._examples.get(node_id)
 
     def _dispatch(self, node_ids: Sequence[str], ins: FitIns | EvalIns) -> Iterator[Reply]:
         payload = encode(ins)

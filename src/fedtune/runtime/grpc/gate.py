@@ -15,6 +15,14 @@ Large uploads are also not read while a large broadcast is being sent: in one Py
 every copy of a chunk (framing, gRPC's buffers, reassembly) takes the interpreter lock, so
 sending and receiving at once slows both streams.
 
+No upload waits on a site that is silent or stalled. An admitted upload whose stream brings
+no chunk for ``idle_s`` (``server.upload_idle_s``) while another upload waits loses its slot:
+the gate calls its stream's ``stall`` action, which ends that site's session and so frees
+the buffer. An upload that has waited ``idle_s`` for its predecessors in the order, with a
+slot free, is admitted out of order: a predecessor that never starts its upload (it crashed,
+or answers late) then costs the others that much time, not the round. The coordinator
+spills such an early update to disk until its turn in the fold.
+
 Within a round, a freed buffer takes the next upload of the same size: its memory is already
 touched, where fresh memory costs page faults (on this VM up to 3 s per GB, when the host has
 taken freed memory back). The round's end frees the spare, so between rounds the coordinator
@@ -24,6 +32,7 @@ holds none.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 
@@ -89,13 +98,26 @@ class BufferPool:
             self.spares, self.keeping = [], keeping
 
 
+class Progress:
+    """When a stream last brought a chunk, and what ends the stream if it stalls."""
+
+    __slots__ = ("last", "stall")
+
+    def __init__(self, stall: Callable[[], object] | None = None) -> None:
+        self.last = time.monotonic()
+        self.stall = stall
+
+
 class UploadGate:
     """Admits messages ``limit`` at a time (0: no limit), a round's in selection order."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, idle_s: float = 30.0) -> None:
         self.limit = limit
+        self.idle_s = idle_s
         self.cond = threading.Condition()
         self.in_flight = 0
+        self.holders: dict[int, Progress] = {}  # lease -> progress of the stream filling it
+        self.leases = 0
         self.order: dict[int, int] = {}  # task id -> position in the current round
         self.passed: set[int] = set()  # positions admitted or abandoned
         self.next = 0
@@ -136,32 +158,58 @@ class UploadGate:
             self.sending -= 1
             self.cond.notify_all()
 
-    def _may_enter(self, task_id: int) -> bool:
+    def _may_enter(self, task_id: int, impatient: bool) -> bool:
         if self.in_flight >= self.limit or self.sending:
             return False
         pos = self.order.get(task_id)
-        return pos is None or pos <= self.next
+        return pos is None or pos <= self.next or impatient
 
     def admit(self, task_id: int, size: int, buffer_factory: Callable[[int], ReceiveBuffer],
-              ) -> ReceiveBuffer:
+              progress: Progress | None = None) -> ReceiveBuffer:
         """Wait for a slot, then allocate the message's buffer; the slot is freed when the
         buffer is."""
         if not self.limit or size < SMALL_MESSAGE:
             with self.cond:
                 self._pass(task_id)
             return buffer_factory(size)
+        started = time.monotonic()
         with self.cond:
-            while not self._may_enter(task_id):
-                self.cond.wait()
+            while True:
+                impatient = time.monotonic() - started >= self.idle_s
+                if self._may_enter(task_id, impatient):
+                    break
+                stalled = self._stalled()
+                if stalled:
+                    self.cond.release()
+                    try:  # ends the stalled sessions; their buffers then free the slots
+                        for action in stalled:
+                            action()
+                    finally:
+                        self.cond.acquire()
+                self.cond.wait(timeout=self.idle_s / 4)
             self.in_flight += 1
+            self.leases += 1
+            lease = self.leases
+            if progress is not None:
+                self.holders[lease] = progress
             self._pass(task_id)
         try:
-            return self.pool.lease(size, self._release, buffer_factory)
+            return self.pool.lease(size, lambda: self._release(lease), buffer_factory)
         except BaseException:
-            self._release()
+            self._release(lease)
             raise
 
-    def _release(self) -> None:
+    def _stalled(self) -> list[Callable[[], object]]:
+        """Stall actions of admitted streams idle for ``idle_s`` (each called once)."""
+        now, out = time.monotonic(), []
+        for lease, p in list(self.holders.items()):
+            if now - p.last >= self.idle_s and p.stall is not None:
+                out.append(p.stall)
+                del self.holders[lease]
+        return out
+
+    def _release(self, lease: int) -> None:
         with self.cond:
             self.in_flight -= 1
+            self.holders.pop(lease, None)
             self.cond.notify_all()

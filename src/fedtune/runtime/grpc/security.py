@@ -2,14 +2,19 @@
 
 ``fedtune certs`` makes a development CA, a coordinator certificate (with the host names and
 IPs it serves) and one client certificate per site, signed by that CA, with the
-``cryptography`` library; plus a tokens file (one random token per site). The coordinator
-checks, on every call, that the site is known and its token matches (constant-time), and with
-mutual TLS that the client certificate's common name is the site's name.
+``cryptography`` library; plus one random token per site: ``<site>.token`` holds that site's
+token alone (give each site only its own file), and the coordinator's ``tokens.toml`` holds
+only salted SHA-256 hashes of them, so a copy of the coordinator's files logs nobody in. The
+coordinator checks, on every call, that the site is known and its token matches
+(constant-time), and with mutual TLS that the client certificate's common name is the site's
+name. A salted hash without key stretching is enough here: the tokens are 192 random bits,
+not passwords, so there is no dictionary to try.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -86,7 +91,7 @@ def make_certificates(out: Path, *, sites: list[str], hosts: list[str], days: fl
                                                  "fedtune development CA", ca_key, ca=False,
                                                  days=days, sans=hosts))
     files["coordinator_key"].write_bytes(_pem_key(server_key))
-    tokens = []
+    hashes = []
     for site in sites:
         key = _key()
         past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10) if site in expired_sites else None
@@ -94,14 +99,24 @@ def make_certificates(out: Path, *, sites: list[str], hosts: list[str], days: fl
                       days=9 if past else days, client=True, not_before=past)
         (out / f"{site}.pem").write_bytes(cert)
         (out / f"{site}.key").write_bytes(_pem_key(key))
-        tokens.append(f'"{site}" = "{secrets.token_urlsafe(24)}"')
+        token = secrets.token_urlsafe(24)
+        (out / f"{site}.token").write_text(token + "\n")
+        (out / f"{site}.token").chmod(0o600)
+        hashes.append(f'"{site}" = "{hash_token(token)}"')
     files["tokens"] = out / "tokens.toml"
-    files["tokens"].write_text("# site = token; give each site only its own line\n[sites]\n"
-                               + "\n".join(tokens) + "\n")
+    files["tokens"].write_text("# site = salted SHA-256 of its token (the coordinator's file; "
+                               "each site gets only its own <site>.token)\n[sites]\n"
+                               + "\n".join(hashes) + "\n")
     for path in out.glob("*.key"):
         path.chmod(0o600)
     files["tokens"].chmod(0o600)
     return files
+
+
+def hash_token(token: str, salt: bytes | None = None) -> str:
+    """``sha256:<salt hex>:<digest hex>`` of a token, as the coordinator stores it."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    return f"sha256:{salt.hex()}:{hashlib.sha256(salt + token.encode()).hexdigest()}"
 
 
 def load_tokens(path: str) -> dict[str, str]:
@@ -115,15 +130,39 @@ def load_tokens(path: str) -> dict[str, str]:
 
 
 def token_for(path: str, site: str) -> str:
-    """A site's own token from a tokens file."""
+    """A site's own token: from its ``<site>.token`` file (the token alone), or from a
+    tokens TOML file that holds plain tokens (the format of fedtune before hashed tokens)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--token-file {path!r} does not exist")
+    if p.suffix != ".toml":
+        token = p.read_text().strip()
+        if not token or len(token) > 1024 or any(c.isspace() for c in token):
+            raise ConfigError(f"--token-file {path!r} must hold one token (the file "
+                              f"'fedtune certs' wrote as {site}.token)")
+        return token
     tokens = load_tokens(path)
     if site not in tokens:
         raise ConfigError(f"site {site!r} has no token in {path}")
+    if tokens[site].startswith("sha256:"):
+        raise ConfigError(f"{path} is the coordinator's file of token hashes; a site needs "
+                          f"its own token file ({site}.token from 'fedtune certs')")
     return tokens[site]
 
 
 def token_matches(expected: str | None, given: str) -> bool:
-    return expected is not None and hmac.compare_digest(expected.encode(), given.encode())
+    """``given`` is the token whose salted hash (or, in old files, plain text) is
+    ``expected``; constant-time in the token."""
+    if expected is None:
+        return False
+    if expected.startswith("sha256:"):
+        salt = [*expected.split(":"), ""][1]
+        try:
+            computed = hash_token(given, bytes.fromhex(salt))
+        except ValueError:
+            return False
+        return hmac.compare_digest(expected.encode(), computed.encode())
+    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 def read_file(path: str, what: str) -> bytes:

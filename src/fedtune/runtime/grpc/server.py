@@ -4,9 +4,17 @@ Each site holds one bidirectional ``Session`` open. A reader thread per session 
 and validates what the site sends; the response stream sends it tasks from its outbox. The
 coordinator's round loop calls :meth:`GrpcRuntime.fit`, which streams one shared encoding of
 the instruction to every selected site and yields replies as they arrive, until all have
-answered, failed, disconnected, or the round deadline passed. Late or duplicate results are
-dropped with a log line; a malformed message gets an ``error`` chunk back and the server goes
-on serving. Nothing here waits in a sleep loop: threads block on queues and conditions.
+answered, failed, disconnected, or the round deadline passed.
+
+Nothing a site sends can end a reader thread or reach the round loop unchecked: every message
+is validated against its declared schema while decoded (:mod:`fedtune.message_schema`), a
+malformed one gets an ``error`` chunk back with the reason, and the server goes on serving. A
+result the site no longer owes (late, repeated, never asked) is settled by the reader the
+moment it arrives, so its buffer (and its upload slot) is freed at once: dropped, or with
+``server.stragglers = "stale"`` copied, at most once per task asked and within
+``server.stale_memory_mb``. Session admission (hello timeout, caps on pending sessions,
+rate-limited refusals) lives in :mod:`.sessions`. Nothing here waits in a sleep loop:
+threads block on queues and conditions.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from ..base import Reply
 from . import SCHEMA_VERSION
 from .gate import SMALL_MESSAGE, UploadGate
 from .memory import limit_malloc_arenas, release_free_memory
-from .security import load_tokens, read_file, token_matches
+from .security import load_tokens, read_file
+from .sessions import PendingSessions, RateLimitedLog, authenticate, first_message, pool_size
 from .transfer import (
     MAX_FRAME_BYTES,
     Assembler,
@@ -57,6 +66,7 @@ class SiteSession:
     ready: bool = False  # set when the site says it has built its model and loaded its data
     task_id: int = 0  # the task the site owes an answer to (0: none)
     generation: int = 0
+    context: Any = None  # the call's ServicerContext: cancel() ends the session
 
 
 class GrpcRuntime:
@@ -76,14 +86,22 @@ class GrpcRuntime:
             raise FedtuneError("the coordinator would accept any site: set server.tokens (make "
                                "one with 'fedtune certs'), server.client_ca for mutual TLS, or "
                                "server.insecure_no_auth = true for a closed test network")
+        if self.tokens is not None and not settings.client_ca:
+            log.warning("SECURITY: server.tokens without server.client_ca: a site that learns "
+                        "another site's token can log in as that site; set server.client_ca "
+                        "(mutual TLS) so that each site also needs its own certificate")
+        self.refusals = RateLimitedLog(log)
+        self.pending = PendingSessions()
         self.sessions: dict[str, SiteSession] = {}
+        self.registered: dict[str, int] = {}  # site -> training examples it registered
         self.lock = threading.Condition()
         self.results: queue.Queue[tuple[str, int, Any]] = queue.Queue()
-        self.late: list[tuple[FitRes, int]] = []
+        self.asked: dict[int, tuple[str, int]] = {}  # fit task -> (site, round), until settled
+        self.late: dict[str, tuple[FitRes, int]] = {}  # site -> its newest kept late update
         self.async_pending: dict[int, tuple[str, int, int]] = {}  # task -> site, round, bytes
         # Bounds the received updates alive at once (each is a whole message): with a large
         # model, uploads then wait in gRPC's flow control instead of in coordinator memory.
-        self.gate = UploadGate(settings.max_concurrent_uploads)
+        self.gate = UploadGate(settings.max_concurrent_uploads, idle_s=settings.upload_idle_s)
         # (site, bytes, seconds from admission to the last byte) of recent messages
         self.received: deque[tuple[str, int, float]] = deque(maxlen=1000)
         # Large broadcasts go to this many sites at a time: each stream is faster and the
@@ -93,7 +111,9 @@ class GrpcRuntime:
         self.task_ids = itertools.count(1)
         self.generations = itertools.count(1)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="fedtune-rpc"),
+            futures.ThreadPoolExecutor(max_workers=pool_size(len(self.tokens) if self.tokens
+                                                             else None),
+                                       thread_name_prefix="fedtune-rpc"),
             options=[("grpc.max_receive_message_length", MAX_FRAME_BYTES),
                      ("grpc.max_send_message_length", MAX_FRAME_BYTES),
                      ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
@@ -128,6 +148,16 @@ class GrpcRuntime:
     def node_ids(self) -> list[str]:
         with self.lock:
             return sorted(s for s, sess in self.sessions.items() if sess.alive and sess.ready)
+
+    def train_examples(self, node_id: str) -> int | None:
+        """The training examples the site registered when it said it was ready."""
+        with self.lock:
+            return self.registered.get(node_id)
+
+    @property
+    def known_sites(self) -> int | None:
+        """How many sites can ever join (those with a token), or None when not bounded."""
+        return len(self.tokens) if self.tokens is not None else None
 
     def wait_for_nodes(self, count: int) -> list[str]:
         deadline = time.monotonic() + self.settings.wait_for_sites_s
@@ -188,12 +218,16 @@ class GrpcRuntime:
         with self.lock:
             self.async_pending.clear()
 
-    def close(self) -> None:
+    def close(self, *, final: bool = True) -> None:
+        """Stop serving. ``final`` tells the sites the run is over; otherwise (the
+        coordinator crashed) they lose the connection and keep reconnecting, so that
+        ``fedtune serve --resume`` finds them."""
         with self.lock:
             for sess in self.sessions.values():
-                sess.outbox.put(control_chunk("stop"))
+                if final:
+                    sess.outbox.put(control_chunk("stop"))
                 sess.outbox.put(_CLOSE)
-        self.server.stop(grace=5).wait()
+        self.server.stop(grace=5 if final else 0).wait()
 
     # -- dispatch ------------------------------------------------------------------------
     def _dispatch(self, kind: str, node_ids: Sequence[str], ins: FitIns | EvalIns,
@@ -210,6 +244,9 @@ class GrpcRuntime:
                     continue
                 waiting[next(self.task_ids)] = site
             self.gate.begin(waiting)  # uploads are read in selection order
+            if kind == "fit":
+                self.asked = {t: a for t, a in self.asked.items() if a[1] >= ins.round - 8}
+                self.asked.update((t, (site, ins.round)) for t, site in waiting.items())
             for task_id, site in waiting.items():
                 sess = self.sessions[site]
                 sess.task_id = task_id
@@ -234,8 +271,8 @@ class GrpcRuntime:
                 site, task_id, payload = self.results.get(timeout=max(left, 0.0))
             except queue.Empty:
                 break
-            if waiting.get(task_id) != site:
-                self._late(site, task_id, payload)
+            if waiting.get(task_id) != site:  # settled by the reader; left from a dropped session
+                del payload
                 continue
             del waiting[task_id]
             if isinstance(payload, tuple):  # (result, bytes up)
@@ -258,56 +295,62 @@ class GrpcRuntime:
                                     f"{self.settings.round_deadline_s:g} s "
                                     "(server.round_deadline_s)"), down, 0)
 
-    def _late(self, site: str, task_id: int, payload: Any) -> None:
-        result = payload[0] if isinstance(payload, tuple) else None
-        if self.settings.stragglers == "stale" and isinstance(result, FitRes):
-            log.info("kept a late update from %s (round %d) for the next aggregation", site,
-                     result.round)
-            # a copy, so the receive buffer (and its upload slot) is freed now
-            kept = replace(result, update=result.update.clone(),
-                           aux={k: v.clone() for k, v in result.aux.items()})
-            self.late.append((kept, int(payload[1])))
-        else:
-            log.warning("dropped a late or unexpected result from %s (task %d)", site, task_id)
+    def _late(self, site: str, task_id: int, result: Any, nbytes: int) -> None:
+        """A result the site did not owe any more: copy it for the next aggregation
+        (server.stragglers = "stale") or drop it. Either way the caller's buffer is free."""
+        with self.lock:
+            asked = self.asked.pop(task_id, None)
+            keep = (self.settings.stragglers == "stale" and isinstance(result, FitRes)
+                    and asked is not None and asked[0] == site)
+            if keep:
+                old = self.late.pop(site, None)
+                held = sum(n for _, n in self.late.values())
+                keep = held + nbytes <= self.settings.stale_memory_mb * 2**20
+                if not keep and old is not None:
+                    self.late[site] = old
+        if not keep:
+            self.refusals.warning(f"late:{site}", "dropped a late or unexpected result from %s "
+                                  "(task %d)", site, task_id)
+            return
+        log.info("kept a late update from %s (round %d) for the next aggregation", site,
+                 result.round)
+        kept = replace(result, update=result.update.clone(),
+                       aux={k: v.clone() for k, v in result.aux.items()})
+        with self.lock:
+            self.late[site] = (kept, nbytes)  # a site's newer late update replaces its older
 
     def take_late(self) -> list[tuple[FitRes, int]]:
-        """Late updates (with their bytes up) kept since the last call
-        (``server.stragglers = "stale"``)."""
-        late, self.late = self.late, []
+        """Late updates (with their bytes up) kept since the last call, at most one per
+        site (``server.stragglers = "stale"``)."""
+        with self.lock:
+            late, self.late = list(self.late.values()), {}
         return late
 
     # -- the Session RPC -----------------------------------------------------------------
-    def _authenticate(self, context: grpc.ServicerContext) -> str:
-        meta = dict(context.invocation_metadata())
-        site = str(meta.get("x-fedtune-site", ""))
-        if not site:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing x-fedtune-site metadata")
-        if self.tokens is not None and not token_matches(self.tokens.get(site),
-                                                         str(meta.get("x-fedtune-token", ""))):
-            log.warning("refused site %r: unknown site or wrong token", site)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          f"site {site!r} is unknown or its token is wrong")
-        if self.settings.client_ca:
-            names = context.auth_context().get("x509_common_name", [])
-            if site.encode() not in names:
-                log.warning("refused site %r: certificate is for %r", site, names)
-                context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                              f"client certificate is not issued to site {site!r}")
-        return site
-
     def session(self, request_iterator: Iterator[Frame],
                 context: grpc.ServicerContext) -> Iterator[bytes]:
-        site = self._authenticate(context)
+        site = authenticate(context, tokens=self.tokens,
+                            client_ca=bool(self.settings.client_ca), refusals=self.refusals)
+        if not self.pending.enter(site):
+            self.refusals.warning(f"pending:{site}", "refused a session of %r: too many "
+                                  "sessions waiting for their hello", site)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"too many sessions of site {site!r} are opening at once")
         try:
-            hello = next(request_iterator)
-        except StopIteration:
+            hello = first_message(request_iterator, context, self.settings.hello_timeout_s)
+        finally:
+            self.pending.leave(site)
+        if hello is None:
+            self.refusals.warning(f"hello:{site}", "site %r sent no hello within "
+                                  "server.hello_timeout_s = %g s", site,
+                                  self.settings.hello_timeout_s)
             return
         if hello.kind != "hello" or hello.schema_version != SCHEMA_VERSION or hello.site != site:
             yield control_chunk("error", text=f"expected hello from {site!r} with schema "
-                                f"version {SCHEMA_VERSION}, got {hello.kind!r} "
-                                f"v{hello.schema_version} from {hello.site!r}")
+                                f"version {SCHEMA_VERSION}, got {hello.kind!r:.40} "
+                                f"v{hello.schema_version} from {hello.site!r:.40}")
             return
-        sess = SiteSession(site, generation=next(self.generations))
+        sess = SiteSession(site, generation=next(self.generations), context=context)
         with self.lock:
             old = self.sessions.get(site)
             if old is not None and old.alive:
@@ -371,21 +414,53 @@ class GrpcRuntime:
         sess.outbox.put(_CLOSE)
         log.info("site %s left (%s)", sess.site, why)
 
+    def _register(self, sess: SiteSession, chunk: Frame) -> str | None:
+        """A ``ready`` chunk: the site's training examples (JSON ``{"train_examples": n}``),
+        which bound the weight it may claim per round. Returns why it is refused, or None."""
+        try:
+            info = json.loads(bytes(chunk.data)) if len(chunk.data) <= 4096 else None
+        except (ValueError, RecursionError):
+            info = None
+        n = info.get("train_examples") if isinstance(info, dict) else None
+        cap = self.settings.max_site_examples
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= cap:
+            return (f"site {sess.site!r} registered train_examples = {n!r:.40}; a site must "
+                    f"register 1 to server.max_site_examples = {cap} training examples "
+                    "(raise the cap on the coordinator if this site really holds more)")
+        with self.lock:
+            self.registered[sess.site] = n
+            sess.ready = True
+            self.lock.notify_all()
+        log.info("site %s ready (%d training examples)", sess.site, n)
+        return None
+
+    def _refuse(self, sess: SiteSession, task_id: int, reason: str) -> None:
+        """Tell the site why its message was refused; fail the task it owed."""
+        self.refusals.warning(f"invalid:{sess.site}", "invalid message from site %s: %s",
+                              sess.site, reason)
+        sess.outbox.put(control_chunk("error", text=reason[:2000], task_id=task_id))
+        if task_id and task_id == sess.task_id:
+            self.results.put((sess.site, task_id, f"invalid message: {reason}"))
+            self.gate.abandon(task_id)
+
     def _read(self, sess: SiteSession, requests: Iterator[Frame]) -> None:
-        assembler = Assembler(self.max_bytes, admit=self.gate.admit)
+        assembler = Assembler(self.max_bytes, admit=self.gate.admit,
+                              on_stall=sess.context.cancel if sess.context else None)
         try:
             for chunk in requests:
                 if chunk.kind == "ready":
-                    with self.lock:
-                        sess.ready = True
-                        self.lock.notify_all()
-                    log.info("site %s ready", sess.site)
+                    problem = self._register(sess, chunk)
+                    if problem is not None:
+                        sess.outbox.put(control_chunk("error", text=problem))
+                        self._drop(sess, "refused")
+                        return
                     continue
                 if chunk.kind == "error":
-                    log.warning("site %s reports: %s", sess.site, chunk.text)
+                    self.refusals.warning(f"reports:{sess.site}", "site %s reports: %s",
+                                          sess.site, chunk.text[:500])
                     if chunk.task_id and chunk.task_id == sess.task_id:
                         self.results.put((sess.site, chunk.task_id,
-                                          f"site error: {chunk.text}"))
+                                          f"site error: {chunk.text[:500]}"))
                         self.gate.abandon(chunk.task_id)
                     continue
                 try:
@@ -396,24 +471,29 @@ class GrpcRuntime:
                     if not isinstance(result, FitRes | EvalRes) or result.node_id != sess.site:
                         raise MessageError(f"expected a result of site {sess.site!r}, got "
                                            f"{type(result).__name__} of "
-                                           f"{getattr(result, 'node_id', '?')!r}")
-                except MessageError as exc:
+                                           f"{getattr(result, 'node_id', '?')!r:.40}")
+                except Exception as exc:  # nothing a site sends may end this reader
                     # free the message's buffer (and its upload slot)
                     done = result = assembler.current = None
-                    log.warning("invalid message from site %s: %s", sess.site, exc)
-                    sess.outbox.put(control_chunk("error", text=str(exc), task_id=chunk.task_id))
-                    if chunk.task_id and chunk.task_id == sess.task_id:
-                        self.results.put((sess.site, chunk.task_id, f"invalid message: {exc}"))
-                        self.gate.abandon(chunk.task_id)
+                    reason = str(exc) if isinstance(exc, MessageError) else \
+                        f"malformed message ({type(exc).__name__}: {str(exc)[:200]})"
+                    self._refuse(sess, chunk.task_id, reason)
                     continue
+                nbytes = len(done.buffer)
                 with self.lock:
-                    if sess.task_id == done.task_id:
+                    owed = sess.task_id == done.task_id and done.task_id != 0
+                    if owed:
                         sess.task_id = 0
+                        self.asked.pop(done.task_id, None)
+                if not owed:
+                    task_id, done = done.task_id, None
+                    self._late(sess.site, task_id, result, nbytes)
+                    result = None  # the receive buffer is free now: no slot is held
+                    continue
                 seconds = time.perf_counter() - done.started
-                self.received.append((sess.site, len(done.buffer), seconds))
-                log.debug("received %d bytes from %s in %.3f s", len(done.buffer), sess.site,
-                          seconds)
-                self.results.put((sess.site, done.task_id, (result, len(done.buffer))))
+                self.received.append((sess.site, nbytes, seconds))
+                log.debug("received %d bytes from %s in %.3f s", nbytes, sess.site, seconds)
+                self.results.put((sess.site, done.task_id, (result, nbytes)))
                 # drop this thread's references: a large model's buffer must die with its
                 # consumer, not live on here until the next message
                 done = result = None

@@ -170,7 +170,9 @@ class Site:
                     if chunk.kind == "welcome":
                         self._setup(json.loads(bytes(chunk.data)))
                         self.joined = True
-                        outbox.put([control_chunk("ready", site=self.o.site)])
+                        assert self.node is not None
+                        ready = json.dumps({"train_examples": self.node.data.num_train})
+                        outbox.put([control_chunk("ready", text=ready, site=self.o.site)])
                         log.info("site %s: joined the run", self.o.site)
                     elif chunk.kind == "stop":
                         log.info("site %s: the run is over", self.o.site)

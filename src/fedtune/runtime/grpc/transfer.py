@@ -29,7 +29,7 @@ from ...errors import MessageError
 from ...wire import decode, encode_views, iter_chunks
 from . import SCHEMA_VERSION
 from .fedtune_pb2 import Chunk
-from .gate import SMALL_MESSAGE, BufferPool, ReceiveBuffer, new_buffer
+from .gate import SMALL_MESSAGE, BufferPool, Progress, ReceiveBuffer, new_buffer
 
 _DATA_FIELD = 9
 _DATA_TAG = bytes([_DATA_FIELD << 3 | 2])  # field 9, wire type 2 (length-delimited)
@@ -171,11 +171,12 @@ class Assembler:
     """Reassembles chunk streams; raises :class:`MessageError` on anything malformed."""
 
     def __init__(self, max_bytes: int,
-                 admit: Callable[[int, int, Callable[[int], ReceiveBuffer]], ReceiveBuffer]
-                 | None = None, *, reuse: bool = False,
-                 ) -> None:
-        """``admit(task_id, size, new_buffer)`` may wait before allocating a message's
-        buffer (see :class:`~fedtune.runtime.grpc.gate.UploadGate`).
+                 admit: Callable[[int, int, Callable[[int], ReceiveBuffer], Progress],
+                                 ReceiveBuffer] | None = None, *, reuse: bool = False,
+                 on_stall: Callable[[], object] | None = None) -> None:
+        """``admit(task_id, size, new_buffer, progress)`` may wait before allocating a
+        message's buffer (see :class:`~fedtune.runtime.grpc.gate.UploadGate`); ``progress``
+        tells it when this stream last brought a chunk, and ``on_stall`` ends the stream.
 
         With ``reuse`` (a site), the last large message's buffer is kept and received into
         again when the next message has the same size and nothing reads the old one any
@@ -187,16 +188,18 @@ class Assembler:
         self.admit = admit
         self.pool = BufferPool(latest_only=True) if reuse else None
         self.current: Assembly | None = None
+        self.progress = Progress(on_stall)
 
     def _buffer(self, task_id: int, size: int) -> ReceiveBuffer:
         if self.admit is not None:
-            return self.admit(task_id, size, new_buffer)
+            return self.admit(task_id, size, new_buffer, self.progress)
         if self.pool is not None and size >= SMALL_MESSAGE:
             return self.pool.lease(size)
         return new_buffer(size)
 
     def add(self, chunk: Frame) -> Assembly | None:
         """Feed one chunk; returns the finished message when ``chunk`` was its last."""
+        self.progress.last = time.monotonic()
         if chunk.problem:
             self.current = None
             raise MessageError(chunk.problem)
