@@ -202,7 +202,12 @@ def runs(workspace: WorkspaceOpt = ".fedtune") -> None:
     table = Table(title=f"runs in {store.path}")
     for col in ("run", "name", "status", "rounds", "last accuracy"):
         table.add_column(col)
-    for r in store.list_runs():
+    try:
+        listed = store.list_runs()
+    except FedtuneError as exc:
+        _fail(exc)
+        return
+    for r in listed:
         acc = "" if r["last_accuracy"] is None else f"{r['last_accuracy']:.4f}"
         table.add_row(r["run_id"], r["name"], r["status"],
                       f"{r['rounds_done']}/{r['rounds_planned']}", acc)

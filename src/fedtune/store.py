@@ -5,12 +5,20 @@ and traffic ledger: one row per node, round and phase), ``node_evals`` and ``che
 Each round is committed in one transaction (WAL journal), so a run killed at any moment
 leaves a readable store whose last complete round is intact; such a run shows as
 ``incomplete``. Checkpoints are written to a temporary file and renamed into place.
+
+Integrity: every state file and checkpoint is recorded with the SHA-256 of its bytes, and
+verified before it is used (``--resume``, :meth:`RunStore.load_checkpoint`); a resume whose
+newest state is damaged falls back to the one before it (two are kept). Storage faults (a full
+disk, an unreadable file, a damaged database) are :class:`StoreError` lines naming the file
+and the fix; nothing committed before is touched by them. Stores written before checksums
+existed gain the columns on open and their old files are used unchecked.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import secrets
 import socket
@@ -23,6 +31,7 @@ from typing import Any
 import torch
 
 from .errors import StoreError
+from .store_files import database_errors, read_verified, write_safetensors
 from .types import NodeRoundRecord, RoundRecord, RunResult
 
 SCHEMA = """
@@ -50,6 +59,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 RESUMABLE = ("incomplete", "crashed")
+MIGRATIONS = [("states", "sha256", "TEXT"), ("checkpoints", "sha256", "TEXT")]
+log = logging.getLogger("fedtune.store")
+
+
 ROUND_COLUMNS = ["round", "nodes", "failed", "train_loss", "test_loss", "test_accuracy",
                  "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g"]
 NODE_COLUMNS = ["round", "node_id", "phase", "examples", "steps", "train_loss", "wall_s",
@@ -80,15 +93,23 @@ class RunStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            for table, column, kind in MIGRATIONS:
+                have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    with self.db:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a fedtune run store ({exc}); point "
                              "run.workspace at another folder") from None
         self.db.row_factory = sqlite3.Row
+        self.digests: dict[Path, str] = {}  # state files written, not yet recorded
+
 
     def close(self) -> None:
         self.db.close()
 
     # -- writing -------------------------------------------------------------------------
+    @database_errors
     def start_run(self, name: str, config: dict[str, Any]) -> str:
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         with self.db:
@@ -99,14 +120,16 @@ class RunStore:
                  json.dumps(config)))
         return run_id
 
+    @database_errors
     def record_round(self, run_id: str, record: RoundRecord, nodes: list[NodeRoundRecord],
                      state_path: Path | None = None) -> None:
         """Commit one round's record, its ledger and (for resume) its coordinator state file
         in one transaction: a round is either wholly stored or not at all."""
         with self.db:
             if state_path is not None:
-                self.db.execute("INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
-                                (run_id, record.round, str(state_path)))
+                self.db.execute("INSERT OR REPLACE INTO states (run_id, round, path, sha256) "
+                                "VALUES (?, ?, ?, ?)", (run_id, record.round, str(state_path),
+                                                        self.digests.pop(state_path, None)))
             self.db.execute(
                 f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * (len(ROUND_COLUMNS) + 1))})",
@@ -115,6 +138,7 @@ class RunStore:
                  record.bytes_up, record.energy_j, record.co2_g))
             self._insert_ledger(run_id, nodes)
 
+    @database_errors
     def record_ledger(self, run_id: str, nodes: list[NodeRoundRecord]) -> None:
         """Add node rows outside a round (e.g. the final evaluation)."""
         with self.db:
@@ -126,6 +150,7 @@ class RunStore:
             f"VALUES ({', '.join('?' * (len(NODE_COLUMNS) + 1))})",
             [(run_id, *(getattr(n, c) for c in NODE_COLUMNS)) for n in nodes])
 
+    @database_errors
     def record_node_evals(self, run_id: str, rows: list[tuple[str, int, float, float,
                                                               float | None, float | None]]) -> None:
         with self.db:
@@ -135,35 +160,39 @@ class RunStore:
 
     def save_checkpoint(self, run_id: str, round_: int, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str]) -> Path:
-        from safetensors.torch import save_file
-
-        folder = self.workspace / "checkpoints" / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"round-{round_:05d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={**metadata, "run_id": run_id,
-                                               "round": str(round_)})
-        os.replace(tmp, path)
+        path = self.workspace / "checkpoints" / run_id / f"round-{round_:05d}.safetensors"
+        digest = write_safetensors(path, tensors, {**metadata, "run_id": run_id,
+                                                         "round": str(round_)}, "checkpoint")
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
-                            (run_id, round_, str(path), path.stat().st_size))
+            self.db.execute("INSERT OR REPLACE INTO checkpoints (run_id, round, path, bytes, "
+                            "sha256) VALUES (?, ?, ?, ?, ?)",
+                            (run_id, round_, str(path), path.stat().st_size, digest))
         return path
 
     def write_state(self, run_id: str, round_: int, tensors: dict[str, torch.Tensor],
                     metadata: dict[str, str]) -> Path:
         """Write the coordinator's state after ``round_`` (atomic rename); the round's
-        :meth:`record_round` then makes it the state to resume from."""
-        from safetensors.torch import save_file
-
-        folder = self.workspace / "checkpoints" / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"state-{round_:05d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={**metadata, "run_id": run_id, "round": str(round_)})
-        os.replace(tmp, path)
+        :meth:`record_round` then makes it the state to resume from, with its checksum."""
+        path = self.workspace / "checkpoints" / run_id / f"state-{round_:05d}.safetensors"
+        self.digests[path] = write_safetensors(
+            path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            {**metadata, "run_id": run_id, "round": str(round_)}, "resume state file")
         return path
 
+
+    @database_errors
+    def load_checkpoint(self, run: str, round_: int | None = None) -> dict[str, torch.Tensor]:
+        """A run's checkpoint (the newest, or of ``round_``), verified against its SHA-256."""
+        run_id = self.resolve(run)
+        rows = self.db.execute("SELECT round, path, sha256 FROM checkpoints WHERE run_id=? "
+                               "ORDER BY round DESC", (run_id,)).fetchall()
+        row = next((r for r in rows if round_ is None or r["round"] == round_), None)
+        if row is None:
+            raise StoreError(f"run {run_id} has no checkpoint"
+                             + (f" of round {round_}" if round_ is not None else ""))
+        return read_verified(Path(row["path"]), row["sha256"])[0]
+
+    @database_errors
     def prune_states(self, run_id: str, keep: int = 2) -> None:
         """Delete all but the newest ``keep`` committed state files of a run."""
         rows = self.db.execute("SELECT round, path FROM states WHERE run_id=? ORDER BY round DESC",
@@ -174,23 +203,28 @@ class RunStore:
                 self.db.execute("DELETE FROM states WHERE run_id=? AND round=?",
                                 (run_id, row["round"]))
 
+    @database_errors
     def latest_state(self, run_id: str) -> tuple[int, dict[str, torch.Tensor], dict[str, str]]:
-        """The newest committed coordinator state of a run: (round, tensors, metadata)."""
-        from safetensors import safe_open
-
-        row = self.db.execute("SELECT round, path FROM states WHERE run_id=? ORDER BY round DESC "
-                              "LIMIT 1", (run_id,)).fetchone()
-        if row is None:
+        """The newest committed coordinator state of a run that is intact: (round, tensors,
+        metadata). A damaged newest state is reported and the one before it is used."""
+        rows = self.db.execute("SELECT round, path, sha256 FROM states WHERE run_id=? "
+                               "ORDER BY round DESC", (run_id,)).fetchall()
+        if not rows:
             raise StoreError(f"run {run_id} has no completed round to resume from; start it "
                              "again without --resume")
-        path = Path(row["path"])
-        if not path.is_file():
-            raise StoreError(f"state file {path} of run {run_id} is missing; cannot resume")
-        with safe_open(str(path), framework="pt") as fh:
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-            meta = fh.metadata() or {}
-        return int(row["round"]), tensors, meta
+        problems = []
+        for row in rows:
+            try:
+                tensors, meta = read_verified(Path(row["path"]), row["sha256"])
+            except StoreError as exc:
+                problems.append(str(exc))
+                log.warning("cannot resume from round %d: %s", row["round"], exc)
+                continue
+            return int(row["round"]), tensors, meta
+        raise StoreError(f"no intact state to resume run {run_id} from: {'; '.join(problems)}; "
+                         "start the run again without --resume")
 
+    @database_errors
     def round_records(self, run_id: str) -> list[RoundRecord]:
         """The stored rounds of a run as records; node names come from the round's ledger
         (selection order, which is the sorted order of node ids)."""
@@ -208,6 +242,7 @@ class RunStore:
                             bytes_down=r["bytes_down"], bytes_up=r["bytes_up"],
                             energy_j=r["energy_j"], co2_g=r["co2_g"]) for r in rows]
 
+    @database_errors
     def resumable_run(self, run: str | None) -> str:
         """The run to resume: the given one, or the newest run that did not complete
         (killed, or crashed on an error)."""
@@ -224,6 +259,7 @@ class RunStore:
                 return str(row["run_id"])
         raise StoreError(f"no incomplete or crashed run in {self.path} to resume")
 
+    @database_errors
     def mark_resumed(self, run_id: str, round_: int) -> None:
         """Reopen a run at its state after ``round_``: later partial records are dropped, so
         nothing is counted twice when those rounds run again."""
@@ -234,6 +270,7 @@ class RunStore:
             self.db.execute("UPDATE runs SET status='running', pid=?, host=? WHERE run_id=?",
                             (os.getpid(), socket.gethostname(), run_id))
 
+    @database_errors
     def finish_run(self, run_id: str, result: RunResult, status: str = "complete") -> None:
         with self.db:
             self.db.execute("UPDATE runs SET status=?, finished=?, result_json=? WHERE run_id=?",
@@ -251,6 +288,7 @@ class RunStore:
         except sqlite3.Error:
             pass
 
+    @database_errors
     def fail_run(self, run_id: str, reason: str) -> None:
         with self.db:
             self.db.execute("UPDATE runs SET status='failed', finished=?, result_json=? "
@@ -263,6 +301,7 @@ class RunStore:
         same_host = row["host"] == socket.gethostname()
         return "running" if same_host and _pid_alive(row["pid"]) else "incomplete"
 
+    @database_errors
     def list_runs(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT r.*, (SELECT COUNT(*) FROM rounds WHERE run_id=r.run_id) AS rounds_done, "
@@ -274,6 +313,7 @@ class RunStore:
                  "rounds_planned": json.loads(r["config_json"]).get("run", {}).get("rounds"),
                  "last_accuracy": r["last_accuracy"]} for r in rows]
 
+    @database_errors
     def resolve(self, run: str) -> str:
         """A full run id from an id, a unique prefix, or 'last'."""
         if run == "last":
@@ -288,6 +328,7 @@ class RunStore:
             raise StoreError(f"{what} in {self.path} match {run!r}; 'fedtune runs' lists them")
         return str(rows[0]["run_id"])
 
+    @database_errors
     def load_run(self, run: str) -> dict[str, Any]:
         run_id = self.resolve(run)
         row = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
