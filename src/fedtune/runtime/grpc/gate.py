@@ -200,7 +200,8 @@ class UploadGate:
             raise
 
     def _stalled(self) -> list[Callable[[], object]]:
-        """Stall actions of admitted streams idle for ``idle_s`` (each called once)."""
+        """Stall actions of admitted streams idle for ``idle_s`` in the middle of a message
+        (each called once; a received message held by its consumer is not a stall)."""
         now, out = time.monotonic(), []
         for lease, p in list(self.holders.items()):
             if now - p.last >= self.idle_s and p.stall is not None:

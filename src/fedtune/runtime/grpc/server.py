@@ -101,7 +101,9 @@ class GrpcRuntime:
         self.async_pending: dict[int, tuple[str, int, int]] = {}  # task -> site, round, bytes
         # Bounds the received updates alive at once (each is a whole message): with a large
         # model, uploads then wait in gRPC's flow control instead of in coordinator memory.
-        self.gate = UploadGate(settings.max_concurrent_uploads, idle_s=settings.upload_idle_s)
+        # a stalled or out-of-turn upload waits at most a quarter of the round's deadline
+        self.gate = UploadGate(settings.max_concurrent_uploads,
+                               idle_s=min(settings.upload_idle_s, settings.round_deadline_s / 4))
         # (site, bytes, seconds from admission to the last byte) of recent messages
         self.received: deque[tuple[str, int, float]] = deque(maxlen=1000)
         # Large broadcasts go to this many sites at a time: each stream is faster and the

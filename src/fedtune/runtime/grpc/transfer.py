@@ -16,6 +16,7 @@ without copying. Both directions use this module.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -225,6 +226,7 @@ class Assembler:
         cur.filled = end
         if not chunk.last:
             return None
+        self.progress.last = math.inf  # received: whoever holds it now, this stream is idle
         self.current = None
         if cur.filled != len(cur.buffer):
             raise MessageError(f"message ended after {cur.filled} of {len(cur.buffer)} bytes")
