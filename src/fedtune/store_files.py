@@ -8,6 +8,7 @@ changed or damaged afterwards is detected before it is used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -58,7 +59,8 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         digest = file_sha256(tmp)
         os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the write failed: this may fail too
+            tmp.unlink(missing_ok=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StoreError(f"cannot write the {what} {path} ({reason}); free "
                          f"space in {path.parent} or fix its permissions, then "
