@@ -121,7 +121,6 @@ def _store_with_states(tmp_path, rounds=3):
                                  {"kind": "coordinator-state"})
         store.record_round(run_id, RoundRecord(r, ["a"], [], 0.1, None, None, 0.1, 1, 1, 0, 0),
                            [], path)
-        store.prune_states(run_id)
     return store, run_id
 
 

@@ -370,8 +370,6 @@ class Coordinator:
                 if self.resumable else None
             self.saved_params = state_path  # the next round parks the model there
             self.store.record_round(self.run_id, record, ledger, state_path)
-            if self.resumable:
-                self.store.prune_states(self.run_id)
             every = cfg.run.checkpoint_every
             if every and (round_ % every == 0 or round_ == cfg.run.rounds):
                 self.store.save_checkpoint(self.run_id, round_, self._named_params(),

@@ -122,14 +122,24 @@ class RunStore:
 
     @database_errors
     def record_round(self, run_id: str, record: RoundRecord, nodes: list[NodeRoundRecord],
-                     state_path: Path | None = None) -> None:
+                     state_path: Path | None = None, *, keep_states: int = 2) -> None:
         """Commit one round's record, its ledger and (for resume) its coordinator state file
-        in one transaction: a round is either wholly stored or not at all."""
+        in one transaction: a round is either wholly stored or not at all. The run's state
+        files beyond the newest ``keep_states`` are forgotten in the same transaction and
+        deleted after it."""
+        stale: list[str] = []
         with self.db:
             if state_path is not None:
                 self.db.execute("INSERT OR REPLACE INTO states (run_id, round, path, sha256) "
                                 "VALUES (?, ?, ?, ?)", (run_id, record.round, str(state_path),
                                                         self.digests.pop(state_path, None)))
+                stale = [r["path"] for r in self.db.execute(
+                    "SELECT path FROM states WHERE run_id=? ORDER BY round DESC LIMIT -1 "
+                    "OFFSET ?", (run_id, keep_states))]
+                if stale:
+                    self.db.execute("DELETE FROM states WHERE run_id=? AND round NOT IN (SELECT "
+                                    "round FROM states WHERE run_id=? ORDER BY round DESC "
+                                    "LIMIT ?)", (run_id, run_id, keep_states))
             self.db.execute(
                 f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * (len(ROUND_COLUMNS) + 1))})",
@@ -137,6 +147,8 @@ class RunStore:
                  record.test_loss, record.test_accuracy, record.wall_s, record.bytes_down,
                  record.bytes_up, record.energy_j, record.co2_g))
             self._insert_ledger(run_id, nodes)
+        for path in stale:
+            Path(path).unlink(missing_ok=True)
 
     @database_errors
     def record_ledger(self, run_id: str, nodes: list[NodeRoundRecord]) -> None:
@@ -179,7 +191,6 @@ class RunStore:
             {**metadata, "run_id": run_id, "round": str(round_)}, "resume state file")
         return path
 
-
     @database_errors
     def load_checkpoint(self, run: str, round_: int | None = None) -> dict[str, torch.Tensor]:
         """A run's checkpoint (the newest, or of ``round_``), verified against its SHA-256."""
@@ -191,17 +202,6 @@ class RunStore:
             raise StoreError(f"run {run_id} has no checkpoint"
                              + (f" of round {round_}" if round_ is not None else ""))
         return read_verified(Path(row["path"]), row["sha256"])[0]
-
-    @database_errors
-    def prune_states(self, run_id: str, keep: int = 2) -> None:
-        """Delete all but the newest ``keep`` committed state files of a run."""
-        rows = self.db.execute("SELECT round, path FROM states WHERE run_id=? ORDER BY round DESC",
-                               (run_id,)).fetchall()
-        for row in rows[keep:]:
-            Path(row["path"]).unlink(missing_ok=True)
-            with self.db:
-                self.db.execute("DELETE FROM states WHERE run_id=? AND round=?",
-                                (run_id, row["round"]))
 
     @database_errors
     def latest_state(self, run_id: str) -> tuple[int, dict[str, torch.Tensor], dict[str, str]]:

@@ -22,6 +22,7 @@ import torch
 from .errors import StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
+IN_MEMORY_BYTES = 32 * 2**20  # files up to this size are built and hashed in memory
 
 
 def file_sha256(path: Path) -> str:
@@ -50,13 +51,19 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
                       what: str) -> str:
     """Write ``path`` atomically (temporary file, then rename); its SHA-256."""
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
+    from safetensors.torch import save, save_file
 
     tmp = path.with_suffix(".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata=metadata)
-        digest = file_sha256(tmp)
+        if sum(t.numel() * t.element_size() for t in tensors.values()) <= IN_MEMORY_BYTES:
+            data = save(tensors, metadata=metadata)  # small: hash in memory, one write
+            digest = hashlib.sha256(data).hexdigest()
+            with tmp.open("wb") as fh:
+                fh.write(data)
+        else:  # large: no second copy in memory; the hash reads the file back
+            save_file(tensors, str(tmp), metadata=metadata)
+            digest = file_sha256(tmp)
         os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:
         with contextlib.suppress(OSError):  # the write failed: this may fail too
