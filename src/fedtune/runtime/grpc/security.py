@@ -20,10 +20,11 @@ import ipaddress
 import secrets
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ...config import read_toml
+from ...config import ServerSection, read_toml
 from ...errors import ConfigError
 
 
@@ -170,3 +171,18 @@ def read_file(path: str, what: str) -> bytes:
     if not p.is_file():
         raise ConfigError(f"{what} = {path!r} does not exist")
     return p.read_bytes()
+
+
+def listen(server: grpc.Server, settings: ServerSection) -> int:
+    """Bind the coordinator's address: TLS (mutual with server.client_ca) or plain."""
+    if settings.tls_cert:
+        ca = read_file(settings.client_ca, "server.client_ca") if settings.client_ca else None
+        creds = grpc.ssl_server_credentials(
+            [(read_file(settings.tls_key, "server.tls_key"),
+              read_file(settings.tls_cert, "server.tls_cert"))],
+            root_certificates=ca, require_client_auth=ca is not None)
+        return int(server.add_secure_port(settings.address, creds))
+    if settings.client_ca:
+        raise ConfigError("server.client_ca (mutual TLS) needs server.tls_cert and "
+                          "server.tls_key too")
+    return int(server.add_insecure_port(settings.address))

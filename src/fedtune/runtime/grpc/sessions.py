@@ -17,6 +17,7 @@ those left out, so a flood of bad attempts cannot fill the coordinator's disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -120,3 +121,18 @@ def first_message(requests: Iterator[Any], context: grpc.ServicerContext,
         return None
     finally:
         timer.cancel()
+
+
+def registered_examples(text: bytes, cap: int, site: str) -> int | str:
+    """The training examples a ``ready`` chunk registers (JSON ``{"train_examples": n}``),
+    or why the registration is refused."""
+    try:
+        info = json.loads(text) if len(text) <= 4096 else None
+    except (ValueError, RecursionError):
+        info = None
+    n = info.get("train_examples") if isinstance(info, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= cap:
+        return (f"site {site!r} registered train_examples = {n!r:.40}; a site must register "
+                f"1 to server.max_site_examples = {cap} training examples (raise the cap on "
+                "the coordinator if this site really holds more)")
+    return n
