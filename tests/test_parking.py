@@ -91,3 +91,20 @@ def test_a_model_that_cannot_be_parked_stays_in_memory(tmp_path, caplog):
 def test_parking_needs_synchronous_rounds():
     with pytest.raises(ConfigError, match=r"park_model.*sync"):
         config_from_dict({"server": {"park_model": True}, "strategy": {"mode": "async"}})
+
+
+def test_a_spilled_update_comes_back_bit_for_bit_when_its_turn_comes(tmp_path):
+    """An update that arrives before its predecessors is spilled to disk and folded, in
+    selection order, from there: the same sum as when it waited in memory."""
+    from fedtune.algorithms.aggregate import weighted_mean
+    from fedtune.algorithms.fold import RoundFold
+    from fedtune.parking import spill
+
+    updates = [torch.randn(1000) for _ in range(3)]
+    held, spilled = RoundFold(weighted_mean), RoundFold(weighted_mean)
+    for position in (2, 1, 0):  # arrival order: the last selected first
+        held.offer(position, updates[position].clone(), 1.0 + position, 1.0)
+        u = updates[position].clone()
+        spilled.offer(position, spill(u, tmp_path) if position else u, 1.0 + position, 1.0)
+    assert list(tmp_path.iterdir()) == []  # unnamed temporary files
+    assert torch.equal(held.delta(weighted_mean), spilled.delta(weighted_mean))

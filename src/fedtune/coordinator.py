@@ -30,7 +30,7 @@ from .errors import StoreError
 from .node.node import Workbench, derived_seed
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
-from .parking import ParkedVector, SavedVector
+from .parking import ParkedVector, SavedVector, spill
 from .run_health import RunHealth, max_examples
 from .runtime.base import Reply, Runtime
 from .store import RunStore
@@ -274,18 +274,8 @@ class Coordinator:
 
     def _spilled(self, update: torch.Tensor) -> Callable[[], torch.Tensor]:
         """An update that arrived before its turn in the fold, moved to a temporary file so
-        its receive buffer (and upload slot) is free until then (server.
-        max_concurrent_uploads bounds the updates held in memory)."""
-        directory = self.store.workspace / "tmp" if self.store is not None else None
-        parked = ParkedVector(update, directory)
-
-        def load() -> torch.Tensor:
-            try:
-                return parked.load()
-            finally:
-                parked.close()
-
-        return load
+        its receive buffer (and upload slot) is free until then."""
+        return spill(update, self.store.workspace / "tmp" if self.store is not None else None)
 
     def new_fold(self) -> RoundFold:
         return RoundFold(self.strategy.aggregator,

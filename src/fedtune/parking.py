@@ -14,6 +14,7 @@ parking writes nothing.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,3 +82,18 @@ class SavedVector:
 
     def close(self) -> None:
         pass
+
+
+def spill(vector: torch.Tensor, directory: Path | None = None) -> Callable[[], torch.Tensor]:
+    """Park ``vector`` now; the returned function loads it back once (and frees the file).
+    A coordinator with bounded uploads spills an update that arrives before its turn in the
+    fold, so that its receive buffer (and upload slot) is freed at once."""
+    parked = ParkedVector(vector, directory)
+
+    def load() -> torch.Tensor:
+        try:
+            return parked.load()
+        finally:
+            parked.close()
+
+    return load
