@@ -122,16 +122,26 @@ def serve(
         log.info("round %d: %d sites, %d failed%s", rec.round, len(rec.nodes), len(rec.failed),
                  acc)
 
+    code = 0
     try:
         cfg = load_config(config, set_ or [])
         from .experiment import serve as serve_experiment
 
         result = serve_experiment(cfg, resume=resume, resume_run=run_id, on_round=on_round,
                                   on_start=on_start)
+        _print_result(result, output, f"fedtune serve: {cfg.run.name}")
     except FedtuneError as exc:
-        _fail(exc)
-        return
-    _print_result(result, output, f"fedtune serve: {cfg.run.name}")
+        sys.stderr.write(f"error: {exc}\n")
+        code = 2
+    except typer.Exit as exc:
+        code = exc.exit_code
+    # The store is closed and the server stopped. Leave without interpreter teardown: gRPC's
+    # C++ threads can abort the process while Python finalizes ("terminate called without
+    # an active exception"), which would turn a clean stop into exit code -6.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 @app.command()
