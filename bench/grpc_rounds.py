@@ -15,6 +15,9 @@ one stream per site, no framework on either side). It shows how much of the gRPC
 is ten processes sharing two cores rather than fedtune. (The floor leaves out what every
 coordinator does between rounds, in-process too: evaluate, record; so it is a low floor.)
 
+The coordinator's CPU per round is also reported by kind of thread (the round loop, the
+sessions' readers, the gRPC pool threads that send, gRPC's own C++ threads), from /proc.
+
 A fourth figure is the CPU time of the round's node training, summed over the ten nodes, in
 ten site processes and in the simulation's one process: the training alone needs that much
 CPU, so over gRPC a round cannot be shorter than half of it on this machine's two cores,
@@ -62,6 +65,35 @@ def config(ws: str, port: int, rounds: int):
                               f"server.address=\"127.0.0.1:{port}\""])
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by kind of thread (Linux /proc): the
+    round loop, the sessions' readers, gRPC's worker pool (response streams), gRPC's own
+    C++ threads, and the rest."""
+    import re
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if task.name == str(os.getpid()):
+            group = "round loop (main thread)"
+        elif name.startswith("fedtune-read"):
+            group = "session readers"
+        elif name.startswith("fedtune-rpc"):
+            group = "response streams (gRPC pool)"
+        elif re.match(r"grpc|default-exec|resolver|timer", name):
+            group = "gRPC core threads"
+        else:
+            group = "other"
+        out[group] = out.get(group, 0.0) + cpu
+    return out
+
+
 def part_federated(kind: str, ws: str, port: int, rounds: int) -> dict:
     """One side in this process: `run` (simulation) or `serve` (coordinator)."""
     import torch
@@ -71,13 +103,23 @@ def part_federated(kind: str, ws: str, port: int, rounds: int) -> dict:
     if kind == "serve":
         torch.set_num_threads(1)  # fedtune serve --threads 1
     stamps: list[float] = []
+    cpu: list[dict[str, float]] = []
+
+    def on_round(_: object) -> None:
+        stamps.append(time.perf_counter())
+        if len(stamps) in (3, rounds + 1):  # after round 2, and after the last round
+            cpu.append(thread_cpu())
+
     fn = run if kind == "run" else serve
     result = fn(config(ws, port, rounds), on_start=lambda *_: stamps.append(time.perf_counter()),
-                on_round=lambda _: stamps.append(time.perf_counter()))
+                on_round=on_round)
     rounds_s = [b - a for a, b in pairwise(stamps)]
+    per_round = {k: round((v - cpu[0].get(k, 0.0)) / (rounds - 2) * 1000, 2)
+                 for k, v in cpu[1].items()}
     return {"round_s": statistics.median(rounds_s[2:]), "test_loss": result.final_test_loss,
             "test_accuracy": result.final_test_accuracy,
-            "site_cpu_s": site_cpu_per_round(ws, result.run_id)}
+            "site_cpu_s": site_cpu_per_round(ws, result.run_id),
+            "thread_cpu_ms_per_round": per_round}
 
 
 def site_cpu_per_round(ws: str, run_id: str) -> float:
@@ -221,6 +263,7 @@ def main() -> None:
                "fedtune_over_floor": remote["round_s"] / floor["round_s"],
                "site_cpu_per_round_s": {"grpc": remote["site_cpu_s"],
                                         "inprocess": local["site_cpu_s"]},
+               "coordinator_cpu_ms_per_round": remote["thread_cpu_ms_per_round"],
                "same_test_loss": remote["test_loss"] == local["test_loss"],
                "test_accuracy": remote["test_accuracy"]}
     print(f"round over gRPC {remote['round_s'] * 1000:.1f} ms vs in-process "
@@ -232,6 +275,9 @@ def main() -> None:
     print(f"node training per round, CPU summed over the 10 nodes: "
           f"{remote['site_cpu_s'] * 1000:.1f} ms in 10 site processes vs "
           f"{local['site_cpu_s'] * 1000:.1f} ms in one process (two cores here)")
+    print("coordinator CPU per round by thread (ms): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in sorted(remote["thread_cpu_ms_per_round"].items(),
+                                          key=lambda kv: -kv[1])))
     print(json.dumps(figures))
 
 
