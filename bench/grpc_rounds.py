@@ -66,30 +66,30 @@ def config(ws: str, port: int, rounds: int):
 
 
 def thread_cpu() -> dict[str, float]:
-    """CPU seconds of this process's threads so far, by kind of thread (Linux /proc): the
-    round loop, the sessions' readers, gRPC's worker pool (response streams), gRPC's own
-    C++ threads, and the rest."""
-    import re
+    """CPU seconds of this process's threads so far, by kind of thread (Linux /proc/.../
+    schedstat, named
+    through Python's threads' native ids): the round loop, the sessions' readers, the gRPC
+    pool threads that run the response streams, gRPC's own C++ threads, and the rest."""
+    import threading
 
-    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
     out: dict[str, float] = {}
     for task in Path("/proc/self/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        try:  # nanoseconds on a CPU (the stat file's ticks are too coarse for one thread)
+            cpu = int((task / "schedstat").read_text().split()[0]) / 1e9
         except OSError:
             continue  # the thread ended
-        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-        if task.name == str(os.getpid()):
+        name = names.get(int(task.name))
+        if name is None:
+            group = "gRPC C++ threads"
+        elif name == "MainThread":
             group = "round loop (main thread)"
         elif name.startswith("fedtune-read"):
             group = "session readers"
         elif name.startswith("fedtune-rpc"):
             group = "response streams (gRPC pool)"
-        elif re.match(r"grpc|default-exec|resolver|timer", name):
-            group = "gRPC core threads"
         else:
-            group = "other"
+            group = "other Python threads"
         out[group] = out.get(group, 0.0) + cpu
     return out
 

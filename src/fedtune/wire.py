@@ -110,12 +110,21 @@ def iter_chunks(views: list[memoryview], chunk_bytes: int) -> Any:
 
 
 def all_finite(t: torch.Tensor, block: int = 1 << 20) -> bool:
-    """No NaN or infinity in ``t``, checked a block at a time (no mask as large as ``t``)."""
+    """No NaN or infinity in ``t``, checked a block at a time (no mask as large as ``t``).
+    CPU tensors are checked with numpy on a view (a tenth of torch's per-call cost on a
+    small update, and faster on large ones)."""
     if not t.is_floating_point():
         return True
-    flat = t.reshape(-1)
+    flat = t.detach().reshape(-1)
+    if flat.device.type == "cpu" and flat.dtype in _NUMPY_FLOATS:
+        array = flat.numpy()
+        return all(bool(np.isfinite(array[i:i + block]).all())
+                   for i in range(0, array.size, block))
     return all(bool(torch.isfinite(flat[i:i + block]).all())
                for i in range(0, flat.numel(), block))
+
+
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
 
 
 def _tensor_at(data: Any, view: memoryview, offset: int, nbytes: int,
@@ -174,7 +183,7 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray, *, max_bytes: int 
         numbers = values["meter"]
         if numbers.shape != (4,):
             raise MessageError("a result's meter must be 4 float64 values")
-        wall, cpu, energy, co2 = (float(v) for v in numbers)
+        wall, cpu, energy, co2 = numbers.tolist()
         if not all(0.0 <= v < 1e18 for v in (wall, cpu, energy, co2)):
             raise MessageError(f"a result's meter holds impossible values {numbers.tolist()}")
         values["meter"] = NodeMeter(wall, cpu, energy, co2, scalars["meter"]["energy_method"])
