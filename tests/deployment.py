@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 
 import grpc
+import torch
 
+from fedtune.config import ServerSection, load_config
 from fedtune.runtime.grpc.fedtune_pb2 import Chunk
 from fedtune.runtime.grpc.fedtune_pb2_grpc import FederationStub
+from fedtune.runtime.grpc.server import GrpcRuntime
 from fedtune.runtime.grpc.transfer import Assembler, Frame, control_chunk
+from fedtune.types import FitIns
 
 from .conftest import FEDTUNE
 
@@ -130,3 +134,29 @@ class RawSite:
         self.outbox.put(None)
         self.responses.cancel()
         self.channel.close()
+
+
+def make_runtime(expected_bytes: int = 2**21, **settings) -> tuple[GrpcRuntime, str]:
+    """A coordinator's gRPC runtime in this process on a free loopback port."""
+    cfg = load_config(None, ["data.num_nodes=2"])
+    address = f"127.0.0.1:{free_port()}"
+    base = dict(address=address, insecure_no_auth=True, round_deadline_s=20)
+    runtime = GrpcRuntime(ServerSection(**{**base, **settings}),
+                          welcome=cfg.model_dump(exclude={"server"}),
+                          expected_bytes=expected_bytes)
+    return runtime, address
+
+
+def fit_in_background(runtime: GrpcRuntime, sites: list[str], round_: int = 1,
+                      numel: int = 10) -> queue.Queue:
+    """Run one fit over ``sites``; its replies arrive on the returned queue."""
+    replies: queue.Queue = queue.Queue()
+    ins = FitIns(round_, torch.zeros(numel), {"lr": 0.1})
+
+    def consume() -> None:
+        for reply in runtime.fit(sites, ins):
+            replies.put(reply)
+            del reply  # as the coordinator does: a held update holds its upload slot
+
+    threading.Thread(target=consume, daemon=True).start()
+    return replies

@@ -4,19 +4,15 @@ error, the coordinator logs it and keeps serving, and the store stays intact."""
 from __future__ import annotations
 
 import json
-import queue
 import socket
 import subprocess
-import threading
 
 import grpc
 import pytest
 import torch
 
-from fedtune.config import ServerSection, load_config
 from fedtune.runtime.grpc import SCHEMA_VERSION
 from fedtune.runtime.grpc.fedtune_pb2 import Chunk
-from fedtune.runtime.grpc.server import GrpcRuntime
 from fedtune.runtime.grpc.transfer import (
     control_chunk,
     decode_assembly,
@@ -27,30 +23,14 @@ from fedtune.store import RunStore
 from fedtune.types import FitIns, FitRes, NodeFailure
 
 from .conftest import FEDTUNE
-from .deployment import Federation, RawSite, free_port
+from .deployment import Federation, RawSite, fit_in_background, free_port, make_runtime
 
 
 @pytest.fixture
 def server():
-    cfg = load_config(None, ["data.num_nodes=2"])
-    address = f"127.0.0.1:{free_port()}"
-    runtime = GrpcRuntime(ServerSection(address=address, insecure_no_auth=True,
-                                        round_deadline_s=20, max_message_mb=1),
-                          welcome=cfg.model_dump(exclude={"server"}), expected_bytes=64 * 1024)
+    runtime, address = make_runtime(expected_bytes=64 * 1024, max_message_mb=1)
     yield runtime, address
     runtime.close()
-
-
-def _fit_in_background(runtime, sites):
-    replies: queue.Queue = queue.Queue()
-    ins = FitIns(1, torch.zeros(10), {"lr": 0.1})
-
-    def go():
-        for reply in runtime.fit(sites, ins):
-            replies.put(reply)
-
-    threading.Thread(target=go, daemon=True).start()
-    return replies
 
 
 def _good_result(task_id, update=None):
@@ -82,7 +62,7 @@ def test_bad_result_is_refused_with_a_reason_and_serving_goes_on(server, case):
     try:
         assert raw.next_message().kind == "welcome"
         assert runtime.wait_for_nodes(1) == ["raw"]
-        replies = _fit_in_background(runtime, ["raw"])
+        replies = fit_in_background(runtime, ["raw"])
         task = raw.next_message()
         for chunk in BAD[case](task.task_id):
             raw.outbox.put(chunk)
@@ -91,7 +71,7 @@ def test_bad_result_is_refused_with_a_reason_and_serving_goes_on(server, case):
         reply = replies.get(timeout=30)
         assert isinstance(reply.result, NodeFailure) and EXPECTED[case] in reply.result.reason
         # the same session still works: the next round's good answer is accepted
-        replies = _fit_in_background(runtime, ["raw"])
+        replies = fit_in_background(runtime, ["raw"])
         task = raw.next_message()
         assert isinstance(decode_assembly(task), FitIns)
         for chunk in _good_result(task.task_id):
@@ -107,7 +87,7 @@ def test_a_frame_that_is_not_protobuf_gets_an_error_and_serving_goes_on(server):
     raw = RawSite(address, "raw")
     try:
         assert raw.next_message().kind == "welcome"
-        replies = _fit_in_background(runtime, ["raw"])
+        replies = fit_in_background(runtime, ["raw"])
         task = raw.next_message()
         # a second connection of another site sends bytes that are no protobuf at all
         with grpc.insecure_channel(address) as channel:

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import queue
 import struct
-import threading
 
 import pytest
 import torch
 
-from fedtune.config import ServerSection, load_config
 from fedtune.message_schema import FIELDS
-from fedtune.runtime.grpc.server import GrpcRuntime
 from fedtune.runtime.grpc.transfer import decode_assembly, frame, message_chunks
 from fedtune.types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
 from fedtune.wire import MESSAGES
 
-from .deployment import RawSite, free_port
+from .deployment import RawSite, fit_in_background, make_runtime
 
 ZEROS10 = torch.zeros(10).numpy().tobytes()
 METER = ["meter", "float64", [4], torch.zeros(4, dtype=torch.float64).numpy().tobytes()]
@@ -96,21 +92,9 @@ CASES = {
 
 @pytest.fixture
 def server():
-    cfg = load_config(None, ["data.num_nodes=2"])
-    address = f"127.0.0.1:{free_port()}"
-    runtime = GrpcRuntime(ServerSection(address=address, insecure_no_auth=True,
-                                        round_deadline_s=20, max_message_mb=4),
-                          welcome=cfg.model_dump(exclude={"server"}), expected_bytes=2**21)
+    runtime, address = make_runtime(max_message_mb=4)
     yield runtime, address
     runtime.close()
-
-
-def _fit_in_background(runtime, sites, round_=1):
-    replies: queue.Queue = queue.Queue()
-    ins = FitIns(round_, torch.zeros(10), {"lr": 0.1})
-    threading.Thread(target=lambda: [replies.put(r) for r in runtime.fit(sites, ins)],
-                     daemon=True).start()
-    return replies
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -121,7 +105,7 @@ def test_every_field_is_checked_and_the_session_is_served_on(server, case):
     try:
         assert raw.next_message().kind == "welcome"
         assert runtime.wait_for_nodes(1) == ["raw"]
-        replies = _fit_in_background(runtime, ["raw"])
+        replies = fit_in_background(runtime, ["raw"])
         task = raw.next_message()
         raw.outbox.put(frame("result", [data], task_id=task.task_id, round_=1,
                              total_bytes=len(data)))
@@ -130,7 +114,7 @@ def test_every_field_is_checked_and_the_session_is_served_on(server, case):
         reply = replies.get(timeout=30)
         assert isinstance(reply.result, NodeFailure) and expected in reply.result.reason
         # the reader survived: the next round's good answer on the same session is accepted
-        replies = _fit_in_background(runtime, ["raw"], round_=2)
+        replies = fit_in_background(runtime, ["raw"], round_=2)
         task = raw.next_message()
         assert isinstance(decode_assembly(task), FitIns)
         good = FitRes("raw", 2, torch.zeros(10), 5, 1, 0.5)

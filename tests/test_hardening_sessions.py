@@ -6,7 +6,6 @@ Regression tests for issue "Hardening", failures 3, 4 and 5."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
@@ -14,24 +13,17 @@ import grpc
 import pytest
 import torch
 
-from fedtune.config import ServerSection, load_config
 from fedtune.runtime.grpc.security import make_certificates
-from fedtune.runtime.grpc.server import GrpcRuntime
 from fedtune.runtime.grpc.transfer import control_chunk, message_chunks, open_session
-from fedtune.types import FitIns, FitRes, NodeFailure
+from fedtune.types import FitRes, NodeFailure
 
-from .deployment import RawSite, free_port
+from .deployment import RawSite, fit_in_background, make_runtime
 
 BIG = 2**19  # float32 values: 2 MiB, above the upload gate's small-message threshold
 
 
-def make_runtime(**settings):
-    cfg = load_config(None, ["data.num_nodes=2"])
-    address = f"127.0.0.1:{free_port()}"
-    base = dict(address=address, insecure_no_auth=True, round_deadline_s=20)
-    runtime = GrpcRuntime(ServerSection(**{**base, **settings}),
-                          welcome=cfg.model_dump(exclude={"server"}), expected_bytes=3 * 4 * BIG)
-    return runtime, address
+def runtime_for(**settings):
+    return make_runtime(expected_bytes=3 * 4 * BIG, **settings)
 
 
 def result_chunks(site, task_id, round_, numel=BIG):
@@ -41,16 +33,7 @@ def result_chunks(site, task_id, round_, numel=BIG):
 
 
 def fit(runtime, sites, round_, numel=BIG):
-    replies: queue.Queue = queue.Queue()
-    ins = FitIns(round_, torch.zeros(numel), {"lr": 0.1})
-
-    def consume():
-        for reply in runtime.fit(sites, ins):
-            replies.put(reply)
-            del reply  # as the coordinator does: a held update holds its upload slot
-
-    threading.Thread(target=consume, daemon=True).start()
-    return replies
+    return fit_in_background(runtime, sites, round_, numel)
 
 
 def joined(runtime, address, *names):
@@ -75,7 +58,7 @@ def collect(replies, count, timeout=30):
 def test_a_late_upload_frees_the_only_slot_at_once():
     """With server.max_concurrent_uploads = 1, a site that answers a round late must not
     hold the slot the others need in the next round."""
-    runtime, address = make_runtime(max_concurrent_uploads=1, round_deadline_s=4)
+    runtime, address = runtime_for(max_concurrent_uploads=1, round_deadline_s=4)
     sites = joined(runtime, address, "a", "b")
     try:
         replies = fit(runtime, ["a", "b"], 1)
@@ -101,7 +84,7 @@ def test_a_late_upload_frees_the_only_slot_at_once():
 
 
 def test_a_stalled_upload_loses_its_slot_and_a_silent_first_site_blocks_nobody():
-    runtime, address = make_runtime(max_concurrent_uploads=1, upload_idle_s=1,
+    runtime, address = runtime_for(max_concurrent_uploads=1, upload_idle_s=1,
                                     round_deadline_s=25)
     sites = joined(runtime, address, "a", "b", "c")
     try:
@@ -130,7 +113,7 @@ def test_a_stalled_upload_loses_its_slot_and_a_silent_first_site_blocks_nobody()
 
 
 def test_replayed_late_results_are_kept_once_per_task_asked():
-    runtime, address = make_runtime(stragglers="stale", round_deadline_s=1)
+    runtime, address = runtime_for(stragglers="stale", round_deadline_s=1)
     sites = joined(runtime, address, "a")
     try:
         replies = fit(runtime, ["a"], 1, numel=10)
@@ -164,7 +147,7 @@ def tokens(tmp_path):
 
 
 def test_hundreds_of_idle_sessions_do_not_lock_out_an_honest_site(tokens):
-    runtime, address = make_runtime(insecure_no_auth=False, tokens=str(tokens / "tokens.toml"),
+    runtime, address = runtime_for(insecure_no_auth=False, tokens=str(tokens / "tokens.toml"),
                                     hello_timeout_s=2)
     evil_token = (tokens / "evil.token").read_text().strip()
     honest_token = (tokens / "honest.token").read_text().strip()
