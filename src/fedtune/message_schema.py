@@ -13,23 +13,16 @@ checks that the two agree, so a field added to a message cannot skip its check.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import MessageError
 
 MAX_COUNT = 2**53  # beyond this an integer count is not exact as a float weight
 MAX_TENSORS = 64
 MAX_RANK = 8
-
-
-def _not_infinite(x: float) -> float:
-    if math.isinf(x):
-        raise ValueError("must be finite (or NaN where unknown)")
-    return x
 
 
 class _Fields(BaseModel):
@@ -39,7 +32,7 @@ class _Fields(BaseModel):
 Round = Annotated[int, Field(ge=0, le=2**31 - 1)]
 NodeId = Annotated[str, Field(min_length=1, max_length=128)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-Loss = Annotated[float, AfterValidator(_not_infinite)]  # NaN: no loss was measured
+Loss = float  # a measurement: NaN (none measured) and infinity (diverged) are reported as they are
 Encoding = Annotated[str, Field(max_length=128)]
 Key = Annotated[str, Field(min_length=1, max_length=64)]
 ConfigValue = int | float | bool | Annotated[str, Field(max_length=512)]
