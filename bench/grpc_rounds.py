@@ -69,7 +69,8 @@ def thread_cpu() -> dict[str, float]:
     """CPU seconds of this process's threads so far, by kind of thread (Linux /proc/.../
     schedstat, named
     through Python's threads' native ids): the round loop, the sessions' readers, the gRPC
-    pool threads that run the response streams, gRPC's own C++ threads, and the rest."""
+    pool threads that run the response streams, the run store's writer, gRPC's own C++
+    threads, and the rest."""
     import threading
 
     names = {t.native_id: t.name for t in threading.enumerate()}
@@ -88,6 +89,8 @@ def thread_cpu() -> dict[str, float]:
             group = "session readers"
         elif name.startswith("fedtune-rpc"):
             group = "response streams (gRPC pool)"
+        elif name.startswith("fedtune-store"):
+            group = "run store writer"
         else:
             group = "other Python threads"
         out[group] = out.get(group, 0.0) + cpu

@@ -11,10 +11,12 @@ by such rounds).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ from .parking import ParkedVector, SavedVector, spill
 from .run_health import RunHealth, max_examples
 from .runtime.base import Reply, Runtime
 from .store import RunStore
+from .store_writer import RoundWriter
 from .types import (
     EvalIns,
     EvalRes,
@@ -105,6 +108,7 @@ class Coordinator:
         self.node_config = {**local, **strategy.node_plan, **uplink}
         self.plan = LocalPlan.from_config(self.node_config)
         self.health = RunHealth()
+        self.writer = RoundWriter()  # each round's store writes, beside the next round
         self.unchanged_because: str | None = None  # set by apply_fold for close_round
         data = bench.task.data
         self.x_central, self.y_central = (data.x_central.to(bench.flat.device),
@@ -245,6 +249,7 @@ class Coordinator:
         file."""
         st = self.state
         directory = self.store.workspace / "tmp" if self.store is not None else None
+        self.writer.wait()  # the last round's state file is complete
         if self.saved_params is not None:  # the last round's state file holds them
             try:
                 self.parked = SavedVector(self.saved_params, "params", st.params)
@@ -355,20 +360,29 @@ class Coordinator:
         self.health.record(round_, self.unchanged_because)
         self.unchanged_because = None
         if self.store is not None:
-            state_path = self.store.write_state(self.run_id, round_, self.snapshot(),
-                                                {"kind": "coordinator-state"}) \
-                if self.resumable else None
-            self.saved_params = state_path  # the next round parks the model there
-            self.store.record_round(self.run_id, record, ledger, state_path)
             every = cfg.run.checkpoint_every
-            if every and (round_ % every == 0 or round_ == cfg.run.rounds):
-                self.store.save_checkpoint(self.run_id, round_, self._named_params(),
-                                           {"kind": "global"})
+            self.writer.submit(partial(
+                self._persist, self.store, round_, record, ledger,
+                self.snapshot() if self.resumable else None,
+                self._named_params() if every and (round_ % every == 0
+                                                   or round_ == cfg.run.rounds) else None))
         if self.release_bench:
             self.bench.flat.release()  # until the next evaluation or central training
         if self.on_round is not None:
             self.on_round(record)
         return record
+
+    def _persist(self, store: RunStore, round_: int, record: RoundRecord,
+                 ledger: list[NodeRoundRecord], state: dict[str, torch.Tensor] | None,
+                 checkpoint: dict[str, torch.Tensor] | None) -> None:
+        """A round's writes (on the writer thread): the state to resume from, then the
+        record that makes it current, then the checkpoint."""
+        state_path = store.write_state(self.run_id, round_, state,
+                                       {"kind": "coordinator-state"}) if state is not None else None
+        store.record_round(self.run_id, record, ledger, state_path)
+        if checkpoint is not None:
+            store.save_checkpoint(self.run_id, round_, checkpoint, {"kind": "global"})
+        self.saved_params = state_path  # the next round parks the model there
 
     def _late_updates(self, round_: int,
                       ledger: list[NodeRoundRecord]) -> list[tuple[FitRes, float]]:
@@ -489,15 +503,21 @@ class Coordinator:
                                   pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g)
                 self.store.record_round(self.run_id, rec, pre)
         wait = getattr(self.runtime, "wait_for_nodes", None)
-        if cfg.strategy.mode == "async":
-            from .async_rounds import run_buffered_async
+        try:
+            if cfg.strategy.mode == "async":
+                from .async_rounds import run_buffered_async
 
-            run_buffered_async(self, first)
-        else:
-            for r in range(first, cfg.run.rounds + 1):
-                if wait is not None:
-                    wait(cfg.strategy.min_nodes)
-                self.run_round(r)
+                run_buffered_async(self, first)
+            else:
+                for r in range(first, cfg.run.rounds + 1):
+                    if wait is not None:
+                        wait(cfg.strategy.min_nodes)
+                    self.run_round(r)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                self.writer.close()
+            raise
+        self.writer.close()  # every round is stored before the final evaluation is
         evals, eval_ledger = self._evaluate_nodes()
         final = self._evaluate_central()
         hist = self.state.history

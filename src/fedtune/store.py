@@ -89,7 +89,8 @@ class RunStore:
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.path = self.workspace / "runs.sqlite"
         try:
-            self.db = sqlite3.connect(self.path, timeout=30)
+            # one thread at a time: the round loop, or the coordinator's RoundWriter
+            self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
