@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from .algorithms.fairness import fairness_summary
 from .algorithms.fold import RoundFold
 from .algorithms.strategy import Strategy, scaffold_control_step
 from .config import RunConfig
+from .coordinator_state import CoordinatorState, select_nodes
 from .energy import EnergyMeter
 from .errors import StoreError
 from .node.node import Workbench, derived_seed
@@ -52,29 +52,6 @@ from .wire import all_finite
 
 log = logging.getLogger("fedtune")
 SERVER = "coordinator"
-
-
-@dataclass
-class CoordinatorState:
-    """Everything that changes from round to round on the coordinator."""
-
-    params: torch.Tensor
-    opt_state: object
-    control: torch.Tensor | None = None
-    round: int = 0
-    history: list[RoundRecord] = field(default_factory=list)
-
-
-def select_nodes(node_ids: list[str], round_: int, *, seed: int, fraction: float, count: int,
-                 min_nodes: int) -> list[str]:
-    """The nodes of one round: a seeded sample by count or fraction (all when fraction=1)."""
-    n = len(node_ids)
-    k = count if count else max(min_nodes, round(fraction * n))
-    k = min(k, n)
-    if k == n:
-        return list(node_ids)
-    rng = np.random.default_rng(derived_seed(seed, "select", round_))
-    return [node_ids[i] for i in sorted(rng.choice(n, size=k, replace=False))]
 
 
 class Coordinator:
@@ -453,34 +430,12 @@ class Coordinator:
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue after the current round, as named tensors."""
-        st = self.state
-        out = {"params": st.params, "opt.step": torch.tensor(st.opt_state.step)}  # type: ignore[attr-defined]
-        for name in ("m", "v"):
-            value = getattr(st.opt_state, name)
-            if value is not None:
-                out[f"opt.{name}"] = value
-        if st.control is not None:
-            out["control"] = st.control
-        return out
+        return self.state.snapshot()
 
     def restore(self, round_: int, tensors: dict[str, torch.Tensor],
                 history: list[RoundRecord]) -> None:
         """Continue from a :meth:`snapshot` taken after ``round_``."""
-        from .algorithms.server_opt import OptState
-
-        device = self.state.params.device
-        st = self.state
-        if tensors["params"].shape != st.params.shape:
-            raise ValueError(f"saved parameters have {tensors['params'].numel()} values, the "
-                             f"model has {st.params.numel()}: the config changed since the run")
-        st.params = tensors["params"].to(device)
-        st.opt_state = OptState(int(tensors["opt.step"]),
-                                tensors["opt.m"].to(device) if "opt.m" in tensors else None,
-                                tensors["opt.v"].to(device) if "opt.v" in tensors else None)
-        if st.control is not None and "control" in tensors:
-            st.control = tensors["control"].to(device)
-        st.round = round_
-        st.history = list(history)
+        self.state.restore(round_, tensors, history)
 
     def _named_params(self) -> dict[str, torch.Tensor]:
         """The global parameters by name: views, no copy (safetensors writes disjoint views
