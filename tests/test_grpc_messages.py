@@ -20,7 +20,7 @@ from fedtune.runtime.grpc.transfer import (
     open_session,
 )
 from fedtune.store import RunStore
-from fedtune.types import FitIns, FitRes, NodeFailure
+from fedtune.types import FitIns, FitRes
 
 from .conftest import FEDTUNE
 from .deployment import Federation, RawSite, fit_in_background, free_port, make_runtime
@@ -57,29 +57,9 @@ EXPECTED = {"malformed": "bad magic", "oversized": "exceeds the limit", "NaN": "
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_result_is_refused_with_a_reason_and_serving_goes_on(server, case):
-    runtime, address = server
-    raw = RawSite(address, "raw")
-    try:
-        assert raw.next_message().kind == "welcome"
-        assert runtime.wait_for_nodes(1) == ["raw"]
-        replies = fit_in_background(runtime, ["raw"])
-        task = raw.next_message()
-        for chunk in BAD[case](task.task_id):
-            raw.outbox.put(chunk)
-        error = raw.next_message()
-        assert error.kind == "error" and EXPECTED[case] in error.data.decode()
-        reply = replies.get(timeout=30)
-        assert isinstance(reply.result, NodeFailure) and EXPECTED[case] in reply.result.reason
-        # the same session still works: the next round's good answer is accepted
-        replies = fit_in_background(runtime, ["raw"])
-        task = raw.next_message()
-        assert isinstance(decode_assembly(task), FitIns)
-        for chunk in _good_result(task.task_id):
-            raw.outbox.put(chunk)
-        reply = replies.get(timeout=30)
-        assert isinstance(reply.result, FitRes) and reply.bytes_up > 0
-    finally:
-        raw.close()
+    from .test_hardening_messages import assert_refused_and_served_on
+
+    assert_refused_and_served_on(*server, BAD[case], EXPECTED[case])
 
 
 def test_a_frame_that_is_not_protobuf_gets_an_error_and_serving_goes_on(server):

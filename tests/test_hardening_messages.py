@@ -95,18 +95,18 @@ def server():
     runtime.close()
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_every_field_is_checked_and_the_session_is_served_on(server, case):
-    runtime, address = server
-    data, expected = CASES[case]
+def assert_refused_and_served_on(runtime, address, send, expected: str) -> None:
+    """A raw site answers its task with ``send(task_id)`` (frames); it gets an error naming
+    ``expected``, the round a failure saying the same, and its next good answer on the same
+    session is accepted."""
     raw = RawSite(address, "raw")
     try:
         assert raw.next_message().kind == "welcome"
         assert runtime.wait_for_nodes(1) == ["raw"]
         replies = fit_in_background(runtime, ["raw"])
         task = raw.next_message()
-        raw.outbox.put(frame("result", [data], task_id=task.task_id, round_=1,
-                             total_bytes=len(data)))
+        for chunk in send(task.task_id):
+            raw.outbox.put(chunk)
         error = raw.next_message()
         assert error.kind == "error" and expected in error.data.decode(), error.data.decode()
         reply = replies.get(timeout=30)
@@ -123,6 +123,14 @@ def test_every_field_is_checked_and_the_session_is_served_on(server, case):
         assert isinstance(reply.result, FitRes) and reply.result.num_examples == 5
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_field_is_checked_and_the_session_is_served_on(server, case):
+    runtime, address = server
+    data, expected = CASES[case]
+    assert_refused_and_served_on(runtime, address, lambda task_id: [frame(
+        "result", [data], task_id=task_id, round_=1, total_bytes=len(data))], expected)
 
 
 def test_the_declared_fields_are_exactly_the_messages_scalar_fields():
