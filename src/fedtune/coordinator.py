@@ -52,6 +52,7 @@ from .wire import all_finite
 
 log = logging.getLogger("fedtune")
 SERVER = "coordinator"
+SPILL_BYTES = 1 << 20  # the upload gate's threshold: smaller updates never hold a slot
 
 
 class Coordinator:
@@ -202,7 +203,8 @@ class Coordinator:
                 taken[res.node_id] = res.num_examples
                 position = order[res.node_id]
                 spill = cfg.server.max_concurrent_uploads and position != fold.next \
-                    and "scaffold_dc" not in res.aux
+                    and "scaffold_dc" not in res.aux \
+                    and res.update.numel() * res.update.element_size() >= SPILL_BYTES
                 fold_cpu += self.fold_in(fold, res, 1.0, position=position,
                                          update=self._spilled(res.update) if spill else None)
                 del res  # a large update's receive buffer is freed once it is folded
