@@ -324,7 +324,11 @@ class Coordinator:
         test: dict[str, float] = {}
         if round_ % cfg.run.eval_every == 0 or round_ == cfg.run.rounds:
             test = self._evaluate_central()
-        fit = [n for n in ledger if n.phase == "fit"]
+        # in the order of ``nodes`` (selection order), not arrival order: every runtime then
+        # averages the same numbers in the same order
+        rank = {node: i for i, node in enumerate(nodes)}
+        fit = sorted((n for n in ledger if n.phase == "fit"),
+                     key=lambda n: rank.get(n.node_id, len(rank)))
         weights = [n.examples for n in fit]
         train_loss = float(np.average([n.train_loss for n in fit], weights=weights)) \
             if fit and sum(weights) else float("nan")

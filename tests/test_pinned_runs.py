@@ -1,0 +1,129 @@
+"""Pinned runs: every strategy and round variant ends on the exact same model as before.
+
+Each case runs a small federation in one process and hashes what it produced: the final
+global model's bytes (its checkpoint), each round's losses and accuracy and nodes, and each
+node's final evaluation. The hashes in ``pinned_runs.json`` were written by the code before
+the round was split into parts; a refactor that changes any number, however small, fails
+here. A deliberate change of numbers regenerates the file with
+``FEDTUNE_REPIN=1 pytest tests/test_pinned_runs.py`` and says why in its commit.
+
+Two cases also run over gRPC (real site processes on loopback) and one on Ray, and must hit
+the same hashes: runtimes move bytes, not meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from fedtune.config import load_config
+from fedtune.experiment import run
+from fedtune.store import RunStore
+
+PINS = Path(__file__).with_name("pinned_runs.json")
+BASE = ["run.rounds=3", "data.num_nodes=4", "evaluation.personalize_steps=2",
+        "run.checkpoint_every=3", "energy.enabled=false", "strategy.fraction=0.75"]
+CASES: dict[str, list[str]] = {
+    **{name: [f'strategy.name="{name}"'] for name in (
+        "fedavg", "fedavgm", "fedprox", "scaffold", "fedadam", "fedyogi", "fedadagrad",
+        "fednova", "diloco")},
+    "fedavg-uniform": ['strategy.weighting="uniform"'],
+    "fedavg-median": ['strategy.aggregator="median"', "strategy.fraction=1.0"],
+    "fedavg-trimmed": ['strategy.aggregator="trimmed_mean"', "strategy.trim=0.25",
+                       "strategy.fraction=1.0"],
+    "fedavg-topk-q8-ef": ['compression.uplink="topk:0.1+q8"', "compression.error_feedback=true"],
+    "fedavg-randk-noef": ['compression.uplink="randk:0.2"', "compression.error_feedback=false"],
+    "fedavg-downlink-q8": ['compression.downlink="q8"'],
+    "fednova-steps": ['strategy.name="fednova"', "local.epochs=2", "data.partition=\"dirichlet\""],
+    "hybrid-central": ["data.central_fraction=0.2", "central.pretrain_steps=20",
+                       "central.steps_between_rounds=5"],
+    "async": ['strategy.mode="async"', "strategy.async_buffer=2",
+              "strategy.async_concurrency=3", "runtime.simulated_speed_skew=1.0"],
+    "clip-adamw": ['local.optimizer="adamw"', "local.max_grad_norm=0.5",
+                   "local.weight_decay=0.01"],
+}
+# every site in every round, so that a gRPC round never starts before all four have joined
+ALL_SITES = ["strategy.fraction=1.0", "strategy.min_nodes=4"]
+CASES["all-fedyogi"] = ['strategy.name="fedyogi"', *ALL_SITES]
+CASES["all-topk-q8-ef"] = [*CASES["fedavg-topk-q8-ef"], *ALL_SITES]
+
+
+def fingerprint(workspace: Path) -> str:
+    """SHA-256 over the final model's bytes, the round records' numbers and node evals."""
+    store = RunStore(workspace)
+    try:
+        data = store.load_run("last")
+        params = load_file(data["checkpoints"][-1]["path"])
+    finally:
+        store.close()
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(params[name].contiguous().numpy().tobytes())
+    for r in data["rounds"]:
+        h.update(json.dumps([r["round"], r["nodes"], r["failed"]]).encode())
+        for value in (r["train_loss"], r["test_loss"], r["test_accuracy"]):
+            h.update(struct.pack("<d", float("nan") if value is None else value))
+    h.update(json.dumps(data["node_evals"], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def run_case(name: str, workspace: Path, *extra: str) -> str:
+    cfg = load_config(None, [*BASE, *CASES[name], f'run.workspace="{workspace}"', *extra])
+    run(cfg)
+    return fingerprint(workspace)
+
+
+def pinned() -> dict[str, str]:
+    return json.loads(PINS.read_text()) if PINS.exists() else {}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_run_matches_its_pin(name, tmp_path):
+    digest = run_case(name, tmp_path / "ws")
+    if os.environ.get("FEDTUNE_REPIN"):
+        pins = pinned()
+        pins[name] = digest
+        PINS.write_text(json.dumps(dict(sorted(pins.items())), indent=1) + "\n")
+    assert digest == pinned().get(name), f"{name}: the run's numbers changed"
+
+
+@pytest.mark.parametrize("name", ["fedyogi", "fednova-steps"])
+def test_ray_run_matches_the_same_pin(name, tmp_path):
+    pytest.importorskip("ray")
+    digest = run_case(name, tmp_path / "ws", 'runtime.kind="ray"', "runtime.ray_actors=2",
+                      "runtime.ray_cpus_per_actor=0.5")
+    assert digest == pinned()[name]
+
+
+def as_toml(overrides: list[str]) -> str:
+    """``section.key=value`` overrides (values written as TOML) as a TOML document."""
+    sections: dict[str, dict[str, str]] = {}
+    for item in overrides:  # a later override of a key wins, as on the command line
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        sections.setdefault(section, {})[name] = value
+    return "".join(f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+                   for s, keys in sections.items())
+
+
+@pytest.mark.parametrize("name", ["all-fedyogi", "all-topk-q8-ef"])
+def test_grpc_run_matches_the_same_pin(name, tmp_path):
+    from .deployment import Federation
+
+    server = ['server.address="{address}"', "server.insecure_no_auth=true",
+              "server.wait_for_sites_s=120"]
+    fed = Federation(tmp_path, as_toml(
+        [*BASE, *CASES[name], 'run.workspace="{workspace}"', *server]))
+    try:
+        fed.start(4)
+        fed.finish()
+    finally:
+        fed.close()
+    assert fingerprint(tmp_path / "ws") == pinned()[name]
