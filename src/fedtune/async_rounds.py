@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .node.node import derived_seed
+from .runtime.base import not_asynchronous
 from .types import NodeRoundRecord
 
 if TYPE_CHECKING:
@@ -38,17 +39,12 @@ if TYPE_CHECKING:
 def run_buffered_async(coord: Coordinator, first_round: int) -> None:
     """Run server steps ``first_round .. run.rounds`` asynchronously."""
     cfg, runtime = coord.cfg, coord.runtime
-    submit = getattr(runtime, "submit", None)
-    collect = getattr(runtime, "collect", None)
-    if submit is None or collect is None:
-        raise ConfigError(f"strategy.mode = 'async' is not supported by the "
-                          f"{type(runtime).__name__}; use the in-process runtime or fedtune serve")
+    if not runtime.capabilities.asynchronous:
+        raise not_asynchronous(runtime)
     if coord.state.control is not None:
         raise ConfigError("strategy.mode = 'async' cannot run SCAFFOLD; choose another strategy")
     s = cfg.strategy
-    wait = getattr(runtime, "wait_for_nodes", None)
-    if wait is not None:
-        wait(s.min_nodes)
+    runtime.wait_for_nodes(s.min_nodes)
     rng = np.random.default_rng(derived_seed(cfg.run.seed, "async"))
     asked: dict[str, int] = {}  # node -> server step of the model it was given
     task = (first_round - 1) * s.async_buffer * 1000  # task numbers stay unique on resume
@@ -64,13 +60,13 @@ def run_buffered_async(coord: Coordinator, first_round: int) -> None:
             node = idle.pop(int(rng.integers(len(idle))))
             task += 1
             asked[node] = step
-            submit(node, coord._fit_instruction(task, {}))
+            runtime.submit(node, coord._fit_instruction(task, {}))
 
     refill()
     while step <= cfg.run.rounds:
         if not asked:
             raise ConfigError("no node is available to train (strategy.mode = 'async')")
-        reply = collect()
+        reply = runtime.collect()
         node = reply.result.node_id
         given = asked.pop(node, None)
         res, row = coord.screen(reply, step, expected_round=None,
@@ -94,6 +90,4 @@ def run_buffered_async(coord: Coordinator, first_round: int) -> None:
             ledger, wall0 = [], time.perf_counter()
             step += 1
         refill()
-    drain = getattr(runtime, "drain", None)
-    if drain is not None:
-        drain()
+    runtime.drain()

@@ -72,8 +72,7 @@ class Coordinator:
         self.saved_params: Path | None = None  # state file holding the current params
         # The workbench (the model, its gradient) is only needed to evaluate and to train
         # centrally: free it in between unless in-process nodes train on it too.
-        self.release_bench = cfg.server.park_model or not getattr(
-            runtime, "shares_workbench", False)
+        self.release_bench = cfg.server.park_model or not runtime.capabilities.shares_workbench
         if self.release_bench:
             bench.flat.release()
         self.state = CoordinatorState(
@@ -156,7 +155,7 @@ class Coordinator:
         dc = res.aux.get("scaffold_dc")
         if dc is not None and (dc.shape != (self.numel,) or dc.dtype != torch.float32):
             return f"scaffold_dc has shape {tuple(dc.shape)}, expected ({self.numel},) float32"
-        if (res.encoding or not getattr(self.runtime, "checks_finite", False)) \
+        if (res.encoding or not self.runtime.capabilities.checks_finite) \
                 and not (all_finite(res.update) and (dc is None or all_finite(dc))):
             return "update holds NaN or infinite values"
         if not res.num_examples >= 1:
@@ -375,11 +374,11 @@ class Coordinator:
         References:
             Xie et al. 2019, "Asynchronous Federated Optimization" (polynomial staleness).
         """
-        take = getattr(self.runtime, "take_late", None)
-        if take is None or self.cfg.server.stragglers != "stale":
+        if not self.runtime.capabilities.keeps_late or self.cfg.server.stragglers != "stale":
             return []
         out = []
-        for res, bytes_up in sorted(take(), key=lambda item: (item[0].round, item[0].node_id)):
+        late = sorted(self.runtime.take_late(), key=lambda item: (item[0].round, item[0].node_id))
+        for res, bytes_up in late:
             problem = self._valid(res)
             if problem is None and res.round >= round_:
                 problem = f"claims round {res.round} during round {round_}"
@@ -463,7 +462,6 @@ class Coordinator:
                 rec = RoundRecord(0, [], [], float("nan"), test.get("loss"), test.get("accuracy"),
                                   pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g)
                 self.store.record_round(self.run_id, rec, pre)
-        wait = getattr(self.runtime, "wait_for_nodes", None)
         try:
             if cfg.strategy.mode == "async":
                 from .async_rounds import run_buffered_async
@@ -471,8 +469,8 @@ class Coordinator:
                 run_buffered_async(self, first)
             else:
                 for r in range(first, cfg.run.rounds + 1):
-                    if wait is not None:
-                        wait(cfg.strategy.min_nodes)
+                    if self.runtime.capabilities.nodes_join:
+                        self.runtime.wait_for_nodes(cfg.strategy.min_nodes)
                     self.run_round(r)
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report

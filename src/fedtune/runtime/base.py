@@ -1,14 +1,17 @@
-"""The interface every runtime offers the coordinator.
+"""The interface every runtime offers the coordinator, and the record of what it can do.
 
 A runtime delivers one instruction to a set of nodes and yields their replies as they come,
 each with the exact bytes that crossed the wire in each direction. It never looks inside an
 update: the in-process, Ray and gRPC runtimes differ only in how bytes travel.
 
+Every runtime implements every method of :class:`Runtime` and states in one
+:class:`Capabilities` record which of them do real work, so a round driver asks the record
+instead of probing for attributes, and a wrapper runtime (an attack, a fault injector) that
+forwards the record cannot silently lose a capability.
+
 Replies may hold large buffers (a gRPC runtime's receive buffer backs the update's tensor
 without a copy); a consumer that drops each reply once it has used it lets the runtime bound
-its memory. Optional attributes: ``checks_finite = True`` when the runtime already rejects
-NaN and infinite tensors while decoding (the coordinator then skips its own scan of dense
-updates); ``submit``/``collect``/``drain`` for asynchronous mode; ``wait_for_nodes``.
+its memory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import ConfigError
 from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
 
 
@@ -29,7 +33,34 @@ class Reply:
     bytes_up: int
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime does beyond ``fit`` and ``evaluate``.
+
+    Attributes:
+        shares_workbench: its nodes train on the coordinator's own model object (one
+            process), so the coordinator must not free that model between rounds.
+        checks_finite: it refuses NaN and infinite tensors while decoding, so the
+            coordinator need not scan dense updates again.
+        keeps_late: results that arrive after their round's deadline are kept, and
+            :meth:`Runtime.take_late` returns them (gRPC with ``server.stragglers = "stale"``).
+        asynchronous: :meth:`Runtime.submit`, :meth:`Runtime.collect` and
+            :meth:`Runtime.drain` run tasks without a round barrier (``strategy.mode =
+            "async"``).
+        nodes_join: nodes connect over time, so :meth:`Runtime.wait_for_nodes` may block.
+    """
+
+    shares_workbench: bool = False
+    checks_finite: bool = False
+    keeps_late: bool = False
+    asynchronous: bool = False
+    nodes_join: bool = False
+
+
 class Runtime(Protocol):
+    @property
+    def capabilities(self) -> Capabilities: ...
+
     @property
     def node_ids(self) -> list[str]: ...
 
@@ -39,8 +70,34 @@ class Runtime(Protocol):
         may claim per round. None: an unknown node."""
         ...
 
+    def wait_for_nodes(self, count: int) -> list[str]:
+        """Block until ``count`` nodes are ready (``nodes_join``); the ready nodes."""
+        ...
+
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]: ...
 
     def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]: ...
 
+    def take_late(self) -> list[tuple[FitRes, int]]:
+        """Late results kept since the last call, with their bytes up (``keeps_late``)."""
+        ...
+
+    def submit(self, node_id: str, ins: FitIns) -> None:
+        """Start one node's task now (``asynchronous``)."""
+        ...
+
+    def collect(self) -> Reply:
+        """The next finished task's reply (``asynchronous``)."""
+        ...
+
+    def drain(self) -> None:
+        """Forget the tasks still out (``asynchronous``)."""
+        ...
+
     def close(self) -> None: ...
+
+
+def not_asynchronous(runtime: object) -> ConfigError:
+    """The error for asking a runtime without ``asynchronous`` for asynchronous tasks."""
+    return ConfigError(f"strategy.mode = 'async' is not supported by the "
+                       f"{type(runtime).__name__}; use the in-process runtime or fedtune serve")

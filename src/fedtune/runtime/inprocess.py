@@ -17,13 +17,13 @@ from ..errors import FedtuneError
 from ..node.node import Node, Workbench, derived_seed
 from ..types import EvalIns, FitIns, FitRes, NodeFailure
 from ..wire import encoded_size
-from .base import Reply
+from .base import Capabilities, Reply
 
 
 class InProcessRuntime:
     """Runs every node in this process, sharing one :class:`Workbench`."""
 
-    shares_workbench = True  # with the coordinator: it must not free it between rounds
+    capabilities = Capabilities(shares_workbench=True, asynchronous=True)
 
     def __init__(self, nodes: Sequence[Node], bench: Workbench, *, seed: int = 0,
                  speed_skew: float = 1.0) -> None:
@@ -44,6 +44,12 @@ class InProcessRuntime:
     def train_examples(self, node_id: str) -> int | None:
         node = self.nodes.get(node_id)
         return None if node is None else node.data.num_train
+
+    def wait_for_nodes(self, count: int) -> list[str]:
+        return self.node_ids  # every node exists from the start
+
+    def take_late(self) -> list[tuple[FitRes, int]]:
+        return []  # nothing is ever late in one process
 
     def _call(self, node_id: str, ins: FitIns | EvalIns, down: int | None = None) -> Reply:
         down = encoded_size(ins) if down is None else down

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from ..errors import FedtuneError
-from ..types import EvalIns, FitIns, NodeFailure
+from ..types import EvalIns, FitIns, FitRes, NodeFailure
 from ..wire import decode, encode
-from .base import Reply
+from .base import Capabilities, Reply, not_asynchronous
 
 
 class _NodeHost:
@@ -91,6 +91,25 @@ class RayRuntime:
 
     def train_examples(self, node_id: str) -> int | None:
         return self._examples.get(node_id)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    def wait_for_nodes(self, count: int) -> list[str]:
+        return self.node_ids  # every actor exists from the start
+
+    def take_late(self) -> list[tuple[FitRes, int]]:
+        return []  # a round waits for every actor
+
+    def submit(self, node_id: str, ins: FitIns) -> None:
+        raise not_asynchronous(self)
+
+    def collect(self) -> Reply:
+        raise not_asynchronous(self)
+
+    def drain(self) -> None:
+        return None
 
     def _dispatch(self, node_ids: Sequence[str], ins: FitIns | EvalIns) -> Iterator[Reply]:
         payload = encode(ins)

@@ -27,7 +27,7 @@ from ...config import ServerSection
 from ...errors import FedtuneError
 from ...types import EvalIns, FitIns, FitRes, NodeFailure
 from ...wire import encode_views, encoded_size
-from ..base import Reply
+from ..base import Capabilities, Reply
 from .connections import CLOSE, SiteConnections
 from .gate import SMALL_MESSAGE
 from .memory import limit_malloc_arenas, release_free_memory
@@ -47,11 +47,13 @@ log = logging.getLogger("fedtune.server")
 class GrpcRuntime:
     """Serves sites over gRPC and drives them for the coordinator."""
 
-    checks_finite = True  # every received tensor was checked for NaN/inf when decoded
-
     def __init__(self, settings: ServerSection, *, welcome: dict[str, Any],
                  expected_bytes: int) -> None:
         self.settings = settings
+        # every received tensor was checked for NaN/inf when decoded; sites join over time
+        self.capabilities = Capabilities(
+            checks_finite=True, keeps_late=settings.stragglers == "stale", asynchronous=True,
+            nodes_join=True)
         limit_malloc_arenas()  # this is a coordinator process: see memory.py
         self.conn = conn = SiteConnections(settings, welcome=welcome, max_bytes=min(
             settings.max_message_mb * 2**20, max(expected_bytes, 2**20)))
