@@ -136,6 +136,7 @@ def measure(size_mb: int, port: int, limit: int, rounds: int, sites_n: int = SIT
     from fedtune.coordinator import Coordinator
     from fedtune.experiment import make_meter
     from fedtune.node.node import Workbench
+    from fedtune.rounds.sync import sync_round
     from fedtune.runtime.grpc.server import GrpcRuntime
     from fedtune.store import RunStore
 
@@ -166,7 +167,7 @@ def measure(size_mb: int, port: int, limit: int, rounds: int, sites_n: int = SIT
                                   resumable=True)
         for round_ in range(1, rounds + 1):
             runtime.received.clear()
-            record = coordinator.run_round(round_)
+            record = sync_round(coordinator, round_)
             assert not record.failed, record.failed
             rows = store.db.execute("SELECT wall_s FROM node_metrics WHERE run_id=? AND "
                                     "round=? AND phase='fit'", (run_id, round_)).fetchall()

@@ -85,7 +85,7 @@ def test_a_site_cannot_claim_more_examples_than_it_can_have_visited():
     coordinator = Coordinator(cfg, strategy, runtime, bench, meter=meter, co2_per_joule=co2)
     node = task.data.nodes[0]
     numel = bench.flat.spec.numel
-    honest = runtime._call(node.node_id, coordinator._fit_instruction(1, {})).result
+    honest = runtime._call(node.node_id, coordinator.instruction(1)).result
     bound = 2 * math.ceil(node.num_train / 16) * 16
     assert honest.num_examples <= bound
     for claimed, accepted in ((honest.num_examples, True), (bound, True), (bound + 1, False),

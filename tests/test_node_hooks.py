@@ -11,6 +11,7 @@ from fedtune.coordinator import Coordinator
 from fedtune.energy import EnergyMeter
 from fedtune.experiment import run
 from fedtune.node.node import Node, Workbench
+from fedtune.rounds.sync import sync_round
 from fedtune.runtime.inprocess import InProcessRuntime
 from fedtune.task import make_task
 from fedtune.tasks import build_task
@@ -46,7 +47,7 @@ def test_scaffold_server_control_is_mean_of_node_controls():
     coord = Coordinator(cfg, strategy, runtime, bench, meter=EnergyMeter(use_rapl=False),
                         co2_per_joule=0.0)
     for r in (1, 2, 3):
-        coord.run_round(r)
+        sync_round(coord, r)
         mean_ci = torch.stack([n.state["scaffold_ci"] for n in nodes]).mean(0)
         torch.testing.assert_close(coord.state.control, mean_ci, atol=1e-5, rtol=1e-4)
     assert float(coord.state.control.norm()) > 0

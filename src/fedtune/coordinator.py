@@ -1,8 +1,14 @@
-"""The round loop: select, dispatch, collect, aggregate, (train centrally), evaluate, record.
+"""The coordinator: the federation's state and the steps a round is made of.
 
 The coordinator holds the global parameter vector, the server optimizer state and, for
-SCAFFOLD, the server control variate. It talks to nodes only through a runtime, so the same
-loop drives a simulation, a Ray cluster or real sites. Invalid updates (wrong size or dtype,
+SCAFFOLD, the server control variate, and offers the steps of a round as a public API:
+:meth:`Coordinator.select` (who trains), :meth:`Coordinator.instruction` (what they get),
+:meth:`Coordinator.screen` (decode and validate one reply), :meth:`Coordinator.fold_in`
+(aggregate it), :meth:`Coordinator.step` (the server step) and
+:meth:`Coordinator.close_round` (central steps, evaluation, record, store). Round drivers in
+:mod:`fedtune.rounds` put these steps in order (synchronous, buffered asynchronous); the
+coordinator talks to nodes only through a runtime, so the same drivers run a simulation, a
+Ray cluster or real sites. Invalid updates (wrong size or dtype,
 NaN or infinite values, more examples than the node can have visited) are dropped with a
 logged reason and never reach the aggregate; a step that would make the model non-finite is
 not taken (the round leaves the model unchanged, and :mod:`fedtune.run_health` judges the run
@@ -11,7 +17,6 @@ by such rounds).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Container, Sequence
@@ -22,41 +27,33 @@ import numpy as np
 import torch
 
 from .algorithms.compression import pack_vector, unpack_vector
-from .algorithms.fairness import fairness_summary
 from .algorithms.fold import RoundFold
 from .algorithms.strategy import Strategy, scaffold_control_step
 from .config import RunConfig
 from .coordinator_state import CoordinatorState, select_nodes
 from .energy import EnergyMeter
-from .errors import StoreError
 from .node.node import Workbench, derived_seed
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
-from .parking import ParkedVector, SavedVector, spill
 from .run_health import RunHealth, max_examples
 from .runtime.base import Reply, Runtime
 from .store import RunStore
 from .store_writer import RoundWriter
 from .types import (
-    EvalIns,
-    EvalRes,
     FitIns,
     FitRes,
     NodeFailure,
     NodeRoundRecord,
     RoundRecord,
-    RunResult,
-    Scalar,
 )
 from .wire import all_finite
 
 log = logging.getLogger("fedtune")
 SERVER = "coordinator"
-SPILL_BYTES = 1 << 20  # the upload gate's threshold: smaller updates never hold a slot
 
 
 class Coordinator:
-    """Runs a federation to the end and returns its :class:`RunResult`."""
+    """The global model, its optimizer state, and the steps of a round."""
 
     def __init__(self, cfg: RunConfig, strategy: Strategy, runtime: Runtime, bench: Workbench,
                  *, meter: EnergyMeter, co2_per_joule: float, store: RunStore | None = None,
@@ -68,7 +65,6 @@ class Coordinator:
         self.resumable = resumable  # write the state to resume from after every round
         params = bench.flat.vector.detach().clone()
         self.numel, self.device = params.numel(), params.device
-        self.parked: ParkedVector | SavedVector | None = None
         self.saved_params: Path | None = None  # state file holding the current params
         # The workbench (the model, its gradient) is only needed to evaluate and to train
         # centrally: free it in between unless in-process nodes train on it too.
@@ -86,7 +82,7 @@ class Coordinator:
         self.plan = LocalPlan.from_config(self.node_config)
         self.health = RunHealth()
         self.writer = RoundWriter()  # each round's store writes, beside the next round
-        self.unchanged_because: str | None = None  # set by apply_fold for close_round
+        self.unchanged_because: str | None = None  # set by step for close_round
         data = bench.task.data
         self.x_central, self.y_central = (data.x_central.to(bench.flat.device),
                                           data.y_central.to(bench.flat.device))
@@ -94,7 +90,7 @@ class Coordinator:
             bench.flat.device)
 
     # -- server-side work ----------------------------------------------------------------
-    def _server_meter(self, round_: int, phase: str, work: Callable[[], int], *,
+    def meter_server(self, round_: int, phase: str, work: Callable[[], int], *,
                       extra_cpu: float = 0.0) -> NodeRoundRecord:
         """Run ``work`` and meter it; ``extra_cpu`` adds CPU seconds spent on the same phase
         earlier (folding updates while they arrived)."""
@@ -106,7 +102,7 @@ class Coordinator:
                                time.perf_counter() - wall0, cpu, 0, 0, joules,
                                joules * self.co2_per_joule, self.meter.method)
 
-    def _central_train(self, round_: int, steps: int) -> int:
+    def central_train(self, round_: int, steps: int) -> int:
         c = self.cfg.central
         plan = LocalPlan(steps=steps, batch_size=c.batch_size, lr=c.lr, optimizer=c.optimizer,
                          momentum=0.0)
@@ -118,15 +114,24 @@ class Coordinator:
         self.state.params = flat.vector.detach().clone()
         return stats.examples
 
-    def _evaluate_central(self) -> dict[str, float]:
+    def evaluate_central(self) -> dict[str, float]:
         self.bench.flat.load_(self.state.params, with_grad=False)
         task = self.bench.task
         return evaluate_model(self.bench.flat.module, self.x_test, self.y_test, task.loss_fn,
                               task.metrics_fn)
 
     # -- one round -----------------------------------------------------------------------
-    def _fit_instruction(self, round_: int, aux: dict[str, torch.Tensor]) -> FitIns:
+    def select(self, round_: int) -> list[str]:
+        """The nodes that train in ``round_`` (seeded, the same in every runtime)."""
+        s = self.cfg.strategy
+        return select_nodes(self.runtime.node_ids, round_, seed=self.cfg.run.seed,
+                            fraction=s.fraction, count=s.count, min_nodes=s.min_nodes)
+
+    def instruction(self, round_: int) -> FitIns:
+        """What every node asked in ``round_`` receives: the global model (compressed when
+        configured), its local plan and SCAFFOLD's server control variate."""
         comp, params = self.cfg.compression, self.state.params
+        aux = {"scaffold_c": self.state.control} if self.state.control is not None else {}
         if not comp.downlink:
             return FitIns(round_, params, dict(self.node_config), aux)
         packed, encoding, _ = pack_vector(params, comp.downlink, block=comp.block,
@@ -166,99 +171,6 @@ class Coordinator:
             return (f"update claims {res.num_examples} examples; the {known} training "
                     f"examples it has allow at most {bound} per round")
         return None
-
-    def run_round(self, round_: int) -> RoundRecord:
-        wall0 = time.perf_counter()
-        st, cfg = self.state, self.cfg
-        selected = select_nodes(self.runtime.node_ids, round_, seed=cfg.run.seed,
-                                fraction=cfg.strategy.fraction, count=cfg.strategy.count,
-                                min_nodes=cfg.strategy.min_nodes)
-        aux = {"scaffold_c": st.control} if st.control is not None else {}
-        order = {node_id: i for i, node_id in enumerate(selected)}
-        ins = self._fit_instruction(round_, aux)
-        # Runtimes deliver in arrival order; the fold sums in selection order, so every
-        # runtime sums the same numbers in the same order (bitwise-equal results), and
-        # holds one accumulator, not K updates.
-        fold = self.new_fold()
-        fold_cpu = 0.0
-        taken: dict[str, int] = {}  # node -> examples of its folded update
-        failed: list[str] = []
-        ledger: list[NodeRoundRecord] = []
-        replies = self.runtime.fit(selected, ins)
-        del ins  # the runtime holds the broadcast until its last byte is sent
-        if cfg.server.park_model:
-            self.park()
-        try:
-            for reply in replies:
-                res, row = self.screen(reply, round_, expected_round=round_, allowed=order,
-                                       seen=taken)
-                del reply
-                ledger.append(row)
-                if res is None:
-                    failed.append(row.node_id)
-                    if row.node_id in order:
-                        fold.skip(order[row.node_id])
-                    continue
-                taken[res.node_id] = res.num_examples
-                position = order[res.node_id]
-                spill = cfg.server.max_concurrent_uploads and position != fold.next \
-                    and "scaffold_dc" not in res.aux \
-                    and res.update.numel() * res.update.element_size() >= SPILL_BYTES
-                fold_cpu += self.fold_in(fold, res, 1.0, position=position,
-                                         update=self._spilled(res.update) if spill else None)
-                del res  # a large update's receive buffer is freed once it is folded
-        except BaseException:
-            self.unpark()
-            raise
-        fold.close()
-        late = self._late_updates(round_, ledger)
-        examples = sum(taken.values())
-        ledger.append(self._server_meter(round_, "aggregate",
-                                         lambda: self.apply_fold(fold, late, examples),
-                                         extra_cpu=fold_cpu))
-        nodes = sorted(taken, key=order.__getitem__)
-        return self.close_round(round_, nodes, failed, ledger, wall0)
-
-    def park(self) -> None:
-        """Let go of the global parameters until the server step (server.park_model): while
-        updates are collected the coordinator then holds the running sum and the update
-        being received, not the model as well. They are read back from the state file of the
-        last round when there is one (serve writes it for --resume), else from a temporary
-        file."""
-        st = self.state
-        directory = self.store.workspace / "tmp" if self.store is not None else None
-        self.writer.wait()  # the last round's state file is complete
-        if self.saved_params is not None:  # the last round's state file holds them
-            try:
-                self.parked = SavedVector(self.saved_params, "params", st.params)
-            except (OSError, ValueError) as exc:
-                log.info("round %d: parking in a temporary file: %s", st.round + 1, exc)
-        try:
-            if self.parked is None:
-                self.parked = ParkedVector(st.params, directory)
-        except OSError as exc:  # a full or unwritable disk costs memory, not the run
-            log.warning("round %d: cannot park the model in %s (%s); it stays in memory "
-                        "this round", st.round + 1, directory or "the temporary directory", exc)
-            return
-        st.params = st.params.new_empty(0)
-
-    def unpark(self) -> None:
-        if self.parked is None:
-            return
-        try:
-            self.state.params = self.parked.load()
-        except OSError as exc:
-            raise StoreError(f"the parked global model could not be read back ({exc}); "
-                             "continue from the last completed round with "
-                             "`fedtune serve --resume`") from None
-        finally:
-            self.parked.close()
-            self.parked = None
-
-    def _spilled(self, update: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """An update that arrived before its turn in the fold, moved to a temporary file so
-        its receive buffer (and upload slot) is free until then."""
-        return spill(update, self.store.workspace / "tmp" if self.store is not None else None)
 
     def new_fold(self) -> RoundFold:
         return RoundFold(self.strategy.aggregator,
@@ -317,12 +229,12 @@ class Coordinator:
         """After aggregation: central steps, evaluation, the record, the store, callbacks."""
         st, cfg = self.state, self.cfg
         if cfg.central.steps_between_rounds and len(self.y_central):
-            ledger.append(self._server_meter(
+            ledger.append(self.meter_server(
                 round_, "central",
-                lambda: self._central_train(round_, cfg.central.steps_between_rounds)))
+                lambda: self.central_train(round_, cfg.central.steps_between_rounds)))
         test: dict[str, float] = {}
         if round_ % cfg.run.eval_every == 0 or round_ == cfg.run.rounds:
-            test = self._evaluate_central()
+            test = self.evaluate_central()
         # in the order of ``nodes`` (selection order), not arrival order: every runtime then
         # averages the same numbers in the same order
         rank = {node: i for i, node in enumerate(nodes)}
@@ -366,7 +278,7 @@ class Coordinator:
             store.save_checkpoint(self.run_id, round_, checkpoint, {"kind": "global"})
         self.saved_params = state_path  # the next round parks the model there
 
-    def _late_updates(self, round_: int,
+    def late_updates(self, round_: int,
                       ledger: list[NodeRoundRecord]) -> list[tuple[FitRes, float]]:
         """Stragglers' updates from earlier rounds, with staleness weights (1 + tau)^-a, when
         the runtime keeps them (gRPC with server.stragglers = "stale").
@@ -397,12 +309,11 @@ class Coordinator:
                                           bytes_up, m.energy_j, m.co2_g, m.energy_method))
         return out
 
-    def apply_fold(self, fold: RoundFold, late: Sequence[tuple[FitRes, float]] = (),
-                   examples: int = 0, min_updates: int | None = None) -> int:
+    def step(self, fold: RoundFold, late: Sequence[tuple[FitRes, float]] = (),
+             examples: int = 0, min_updates: int | None = None) -> int:
         """Finish the fold (plus late updates) and take the server step; returns the
         examples behind it (0 when too few updates came and the model stays unchanged)."""
         st = self.state
-        self.unpark()
         for res, factor in late:
             self.fold_in(fold, res, factor)
             examples += res.num_examples
@@ -447,88 +358,3 @@ class Coordinator:
         of one vector as they are)."""
         return {k: v.detach().cpu() for k, v in
                 unflatten(self.state.params, self.bench.flat.spec).items()}
-
-    # -- the whole run -------------------------------------------------------------------
-    def run(self) -> RunResult:
-        t0 = time.perf_counter()
-        cfg = self.cfg
-        pre: list[NodeRoundRecord] = []
-        first = self.state.round + 1
-        if first == 1 and cfg.central.pretrain_steps and len(self.y_central):
-            pre.append(self._server_meter(
-                0, "pretrain", lambda: self._central_train(0, cfg.central.pretrain_steps)))
-            if self.store is not None:
-                test = self._evaluate_central()
-                rec = RoundRecord(0, [], [], float("nan"), test.get("loss"), test.get("accuracy"),
-                                  pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g)
-                self.store.record_round(self.run_id, rec, pre)
-        try:
-            if cfg.strategy.mode == "async":
-                from .async_rounds import run_buffered_async
-
-                run_buffered_async(self, first)
-            else:
-                for r in range(first, cfg.run.rounds + 1):
-                    if self.runtime.capabilities.nodes_join:
-                        self.runtime.wait_for_nodes(cfg.strategy.min_nodes)
-                    self.run_round(r)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the first error is the one to report
-                self.writer.close()
-            raise
-        self.writer.close()  # every round is stored before the final evaluation is
-        evals, eval_ledger = self._evaluate_nodes()
-        final = self._evaluate_central()
-        hist = self.state.history
-        ledgers = pre + eval_ledger
-        ordered = sorted(evals.items())  # arrival order differs by runtime; sums must not
-        acc_g = {k: v.metrics.get("accuracy", float("nan")) for k, v in ordered}
-        acc_p = {k: v.metrics.get("accuracy_personalized", float("nan")) for k, v in ordered}
-        result = RunResult(
-            run_id=self.run_id, rounds=hist, final_test_loss=final["loss"],
-            final_test_accuracy=final.get("accuracy", float("nan")),
-            node_accuracy_global=acc_g, node_accuracy_personalized=acc_p,
-            fairness_global=fairness_summary(list(acc_g.values())),
-            fairness_personalized=fairness_summary(list(acc_p.values())),
-            total_bytes_down=sum(r.bytes_down for r in hist) + sum(x.bytes_down for x in ledgers),
-            total_bytes_up=sum(r.bytes_up for r in hist) + sum(x.bytes_up for x in ledgers),
-            total_energy_j=sum(r.energy_j for r in hist) + sum(x.energy_j for x in eval_ledger),
-            total_co2_g=sum(r.co2_g for r in hist) + sum(x.co2_g for x in eval_ledger),
-            wall_s=time.perf_counter() - t0, energy_method=self.meter.method)
-        result.status, reason = self.health.verdict()
-        if reason:
-            result.extra["status_reason"] = reason
-            log.warning("run %s ended %s: %s", self.run_id, result.status, reason)
-        if self.store is not None:
-            self.store.finish_run(self.run_id, result, result.status)
-        return result
-
-    def _evaluate_nodes(self) -> tuple[dict[str, EvalRes], list[NodeRoundRecord]]:
-        """Each node's accuracy with the global model and after local fine-tuning."""
-        ev = self.cfg.evaluation
-        config: dict[str, Scalar] = {"personalize_steps": ev.personalize_steps,
-                  "lr": ev.personalize_lr or self.cfg.local.lr,
-                  "batch_size": self.cfg.local.batch_size}
-        round_ = self.cfg.run.rounds
-        ins = EvalIns(round_, self.state.params, config)
-        out: dict[str, EvalRes] = {}
-        ledger = []
-        for reply in self.runtime.evaluate(self.runtime.node_ids, ins):
-            res = reply.result
-            if isinstance(res, EvalRes):
-                out[res.node_id] = res
-                m = res.meter
-                ledger.append(NodeRoundRecord(round_, res.node_id, "evaluate", res.num_examples,
-                                              ev.personalize_steps, float("nan"), m.wall_s,
-                                              m.cpu_s, reply.bytes_down, reply.bytes_up,
-                                              m.energy_j, m.co2_g, m.energy_method))
-            else:
-                log.warning("evaluation: node %s failed: %s", res.node_id,
-                            getattr(res, "reason", "wrong reply"))
-        if self.store is not None:
-            self.store.record_ledger(self.run_id, ledger)
-            self.store.record_node_evals(self.run_id, [
-                (k, v.num_examples, v.metrics.get("accuracy", float("nan")),
-                 v.metrics.get("loss", float("nan")), v.metrics.get("accuracy_personalized"),
-                 v.metrics.get("loss_personalized")) for k, v in out.items()])
-        return out, ledger

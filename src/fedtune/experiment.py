@@ -17,6 +17,7 @@ from .coordinator import Coordinator
 from .energy import EnergyMeter, carbon_intensity
 from .errors import ConfigError
 from .node.node import Node, Workbench
+from .rounds.federation import run_federation
 from .runtime.base import Runtime
 from .runtime.inprocess import InProcessRuntime
 from .store import RunStore
@@ -98,7 +99,7 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
                               co2_per_joule=co2_per_joule, store=run_store, run_id=run_id,
                               on_round=on_round)
     try:
-        return coordinator.run()
+        return run_federation(coordinator)
     except Exception as exc:
         if run_store is not None:
             run_store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
@@ -166,7 +167,7 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
         if on_start is not None:
             on_start(run_id, cfg.run.rounds)
         try:
-            return coordinator.run()
+            return run_federation(coordinator)
         except BaseException as exc:
             # not final: `fedtune serve --resume` continues from the last completed round,
             # and the sites keep reconnecting until it does

@@ -1,6 +1,7 @@
 """Bundled datasets (no downloads) and partitioners that spread them over nodes."""
 
-from .datasets import DATASETS, Dataset, load_dataset
+from .dataset import Dataset
+from .datasets import DATASETS, load_dataset
 from .federated import FederatedData, NodeData, build_federated_data
 from .partition import PARTITIONERS
 

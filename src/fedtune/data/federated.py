@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .datasets import Dataset, load_dataset
+from .dataset import Dataset
+from .datasets import load_dataset
 from .partition import PARTITIONERS
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.datasets import Dataset
+from ..data.dataset import Dataset
 from ..errors import DataError, FedtuneError
 from ..package_data import package_path
 

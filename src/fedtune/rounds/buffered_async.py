@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ConfigError
-from .node.node import derived_seed
-from .runtime.base import not_asynchronous
-from .types import NodeRoundRecord
-
-if TYPE_CHECKING:
-    from .coordinator import Coordinator
+from ..coordinator import Coordinator
+from ..errors import ConfigError
+from ..node.node import derived_seed
+from ..runtime.base import not_asynchronous
+from ..types import NodeRoundRecord
 
 
 def run_buffered_async(coord: Coordinator, first_round: int) -> None:
@@ -60,7 +57,7 @@ def run_buffered_async(coord: Coordinator, first_round: int) -> None:
             node = idle.pop(int(rng.integers(len(idle))))
             task += 1
             asked[node] = step
-            runtime.submit(node, coord._fit_instruction(task, {}))
+            runtime.submit(node, coord.instruction(task))
 
     refill()
     while step <= cfg.run.rounds:
@@ -82,8 +79,8 @@ def run_buffered_async(coord: Coordinator, first_round: int) -> None:
             examples += res.num_examples
         del res
         if fold.count >= s.async_buffer:
-            ledger.append(coord._server_meter(
-                step, "aggregate", partial(coord.apply_fold, fold, (), examples, 1),
+            ledger.append(coord.meter_server(
+                step, "aggregate", partial(coord.step, fold, (), examples, 1),
                 extra_cpu=fold_cpu))
             coord.close_round(step, nodes, [], ledger, wall0)
             fold, fold_cpu, nodes, examples = coord.new_fold(), 0.0, [], 0

@@ -1,0 +1,105 @@
+"""A whole run: central pretraining, the rounds (by the configured driver), the final
+evaluation on every node, and the :class:`RunResult` with its honest status.
+
+Drivers are registered by ``strategy.mode``: each is a function ``(coordinator,
+first_round)`` that runs rounds ``first_round .. run.rounds`` through the coordinator's
+public API. A new message flow (secure aggregation's extra stages) is one more driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from ..algorithms.fairness import fairness_summary
+from ..coordinator import Coordinator
+from ..types import EvalIns, EvalRes, NodeFailure, NodeRoundRecord, RoundRecord, RunResult, Scalar
+from .buffered_async import run_buffered_async
+from .sync import run_sync_rounds
+
+log = logging.getLogger("fedtune")
+
+Driver = Callable[[Coordinator, int], None]
+DRIVERS: dict[str, Driver] = {"sync": run_sync_rounds, "async": run_buffered_async}
+
+
+def run_federation(coord: Coordinator) -> RunResult:
+    """Run the coordinator's federation from its next round to the end."""
+    t0 = time.perf_counter()
+    cfg = coord.cfg
+    pre: list[NodeRoundRecord] = []
+    first = coord.state.round + 1
+    if first == 1 and cfg.central.pretrain_steps and len(coord.y_central):
+        pre.append(coord.meter_server(
+            0, "pretrain", lambda: coord.central_train(0, cfg.central.pretrain_steps)))
+        if coord.store is not None:
+            test = coord.evaluate_central()
+            rec = RoundRecord(0, [], [], float("nan"), test.get("loss"), test.get("accuracy"),
+                              pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g)
+            coord.store.record_round(coord.run_id, rec, pre)
+    try:
+        DRIVERS[cfg.strategy.mode](coord, first)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            coord.writer.close()
+        raise
+    coord.writer.close()  # every round is stored before the final evaluation is
+    evals, eval_ledger = evaluate_nodes(coord)
+    final = coord.evaluate_central()
+    hist = coord.state.history
+    ledgers = pre + eval_ledger
+    ordered = sorted(evals.items())  # arrival order differs by runtime; sums must not
+    acc_g = {k: v.metrics.get("accuracy", float("nan")) for k, v in ordered}
+    acc_p = {k: v.metrics.get("accuracy_personalized", float("nan")) for k, v in ordered}
+    result = RunResult(
+        run_id=coord.run_id, rounds=hist, final_test_loss=final["loss"],
+        final_test_accuracy=final.get("accuracy", float("nan")),
+        node_accuracy_global=acc_g, node_accuracy_personalized=acc_p,
+        fairness_global=fairness_summary(list(acc_g.values())),
+        fairness_personalized=fairness_summary(list(acc_p.values())),
+        total_bytes_down=sum(r.bytes_down for r in hist) + sum(x.bytes_down for x in ledgers),
+        total_bytes_up=sum(r.bytes_up for r in hist) + sum(x.bytes_up for x in ledgers),
+        total_energy_j=sum(r.energy_j for r in hist) + sum(x.energy_j for x in eval_ledger),
+        total_co2_g=sum(r.co2_g for r in hist) + sum(x.co2_g for x in eval_ledger),
+        wall_s=time.perf_counter() - t0, energy_method=coord.meter.method)
+    result.status, reason = coord.health.verdict()
+    if reason:
+        result.extra["status_reason"] = reason
+        log.warning("run %s ended %s: %s", coord.run_id, result.status, reason)
+    if coord.store is not None:
+        coord.store.finish_run(coord.run_id, result, result.status)
+    return result
+
+
+def evaluate_nodes(coord: Coordinator) -> tuple[dict[str, EvalRes], list[NodeRoundRecord]]:
+    """Each node's accuracy with the global model and after local fine-tuning."""
+    cfg, runtime = coord.cfg, coord.runtime
+    ev = cfg.evaluation
+    config: dict[str, Scalar] = {"personalize_steps": ev.personalize_steps,
+                                 "lr": ev.personalize_lr or cfg.local.lr,
+                                 "batch_size": cfg.local.batch_size}
+    round_ = cfg.run.rounds
+    ins = EvalIns(round_, coord.state.params, config)
+    out: dict[str, EvalRes] = {}
+    ledger = []
+    for reply in runtime.evaluate(runtime.node_ids, ins):
+        res = reply.result
+        if isinstance(res, EvalRes):
+            out[res.node_id] = res
+            m = res.meter
+            ledger.append(NodeRoundRecord(round_, res.node_id, "evaluate", res.num_examples,
+                                          ev.personalize_steps, float("nan"), m.wall_s,
+                                          m.cpu_s, reply.bytes_down, reply.bytes_up,
+                                          m.energy_j, m.co2_g, m.energy_method))
+        else:
+            reason = res.reason if isinstance(res, NodeFailure) else "answered with the wrong kind"
+            log.warning("evaluation: node %s failed: %s", res.node_id, reason)
+    if coord.store is not None:
+        coord.store.record_ledger(coord.run_id, ledger)
+        coord.store.record_node_evals(coord.run_id, [
+            (k, v.num_examples, v.metrics.get("accuracy", float("nan")),
+             v.metrics.get("loss", float("nan")), v.metrics.get("accuracy_personalized"),
+             v.metrics.get("loss_personalized")) for k, v in out.items()])
+    return out, ledger
