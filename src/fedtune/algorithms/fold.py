@@ -3,11 +3,10 @@
 Replies come in whatever order the network delivers them, but floating-point sums depend
 on order, so :class:`RoundFold` folds updates in *selection order*: an update that arrives
 before its predecessors waits, and is folded (and can be freed) as soon as they are in.
-With the weighted mean (FedAvg and every strategy built on it, FedNova included) the
-coordinator then holds one accumulator instead of K updates, and every runtime produces
-bit-for-bit the same aggregate. Robust aggregators (median, trimmed mean) need all K rows
-at once; for them the fold keeps a copy of each update (never the received buffer, so a
-runtime can reuse or free it) and stacks them at the end.
+With a streaming aggregator (the weighted mean of FedAvg and every strategy built on it)
+the coordinator then holds one accumulator instead of K updates, and every runtime produces
+bit-for-bit the same aggregate. Whether the fold streams is the aggregator's own property
+(:attr:`fedtune.algorithms.aggregate.Aggregator.streaming`).
 
 Updates accepted after the round's own (stragglers' late updates, asynchronous buffers)
 are folded with :meth:`RoundFold.append` in call order.
@@ -21,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .aggregate import Aggregator, WeightedSum, weighted_mean
+from .aggregate import Aggregator, StackedRule, WeightedSum, as_aggregator
 
 Update = torch.Tensor | Callable[[], torch.Tensor]
 
@@ -40,22 +40,16 @@ class _Entry:
 class RoundFold:
     """Aggregates one round's updates in a fixed order, whatever order they arrive in."""
 
-    def __init__(self, aggregator: Aggregator, *, normalize_by_steps: bool = False) -> None:
-        self.streaming = aggregator is weighted_mean
-        self.normalize_by_steps = normalize_by_steps
+    def __init__(self, aggregator: Aggregator | StackedRule, *,
+                 normalize_by_steps: bool = False) -> None:
+        self.aggregator = as_aggregator(aggregator)
+        self.streaming = self.aggregator.streaming
+        self.state: Any = self.aggregator.init(normalize_by_steps=normalize_by_steps)
         self.pending: dict[int, _Entry] = {}
         self.done: set[int] = set()  # positions folded or skipped
         self.next = 0  # the next position to fold
-        self.sum = WeightedSum()
         self.control_sum = WeightedSum()
-        self.weights: list[float] = []
-        self.steps: list[float] = []
-        self.rows: list[torch.Tensor] = []  # robust aggregators only
-
-    @property
-    def count(self) -> int:
-        """Updates folded so far."""
-        return len(self.weights)
+        self.count = 0  # updates folded so far
 
     def offer(self, position: int, update: Update, weight: float, steps: float,
               control_delta: torch.Tensor | None = None) -> None:
@@ -93,34 +87,18 @@ class RoundFold:
             self.next += 1
 
     def _fold(self, e: _Entry) -> None:
-        tau = max(e.steps, 1.0)
         update = e.update if isinstance(e.update, torch.Tensor) else e.update()
-        if self.streaming:
-            self.sum.add(update, e.weight / tau if self.normalize_by_steps else e.weight)
-        else:
-            self.rows.append(update.clone())
+        self.state = self.aggregator.add(self.state, update, e.weight, e.steps)
         if e.control_delta is not None:
             self.control_sum.add(e.control_delta, 1.0)
-        self.weights.append(e.weight)
-        self.steps.append(tau)
+        self.count += 1
 
-    def delta(self, aggregator: Aggregator) -> torch.Tensor:
-        """The aggregated direction (FedNova-normalized when asked). Ends the fold."""
-        total = sum(self.weights)
-        if not self.weights or total <= 0:
+    def delta(self, aggregator: Aggregator | StackedRule | None = None) -> torch.Tensor:
+        """The aggregated direction. Ends the fold. (``aggregator`` is the one the fold was
+        made with; it is accepted for callers that name it again.)"""
+        if self.count == 0:
             raise ValueError("cannot aggregate zero updates (or weights summing to zero)")
-        nova = sum(w * t for w, t in zip(self.weights, self.steps, strict=True)) / total \
-            if self.normalize_by_steps else 1.0
-        if self.streaming:
-            out, self.sum = self.sum.scaled(nova / total), WeightedSum()
-            return out
-        stacked = torch.stack(self.rows)
-        self.rows = []
-        weights = torch.tensor(self.weights, dtype=stacked.dtype, device=stacked.device)
-        if self.normalize_by_steps:
-            tau = torch.tensor(self.steps, dtype=stacked.dtype, device=stacked.device)
-            stacked /= tau[:, None]
-        return nova * aggregator(stacked, weights)
+        return self.aggregator.finish(self.state)
 
     def control_delta_sum(self) -> torch.Tensor | None:
         """Sum of the control-variate deltas (SCAFFOLD), or None if none came."""

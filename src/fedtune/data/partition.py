@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import catalog
 from ..errors import DataError
 
 Partitioner = Callable[..., list[np.ndarray]]
@@ -113,7 +114,4 @@ def natural(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *,
     return out
 
 
-PARTITIONERS: dict[str, Partitioner] = {
-    "iid": iid, "dirichlet": dirichlet, "shards": shards, "quantity": quantity,
-    "natural": natural,
-}
+PARTITIONERS = catalog.PARTITIONERS  # name -> partitioner
