@@ -95,8 +95,9 @@ def test_run_matches_its_pin(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["fedyogi", "fednova-steps"])
-def test_ray_run_matches_the_same_pin(name, tmp_path):
+def test_ray_run_matches_the_same_pin(name, tmp_path, monkeypatch):
     pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local instance
     digest = run_case(name, tmp_path / "ws", 'runtime.kind="ray"', "runtime.ray_actors=2",
                       "runtime.ray_cpus_per_actor=0.5")
     assert digest == pinned()[name]

@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .algorithms.compression import pack_vector, unpack_vector
+from .algorithms.compression import unpack_vector
 from .algorithms.fold import RoundFold
 from .algorithms.strategy import Strategy, scaffold_control_step
+from .algorithms.transforms import Compress, TransformContext
 from .config import RunConfig
 from .coordinator_state import CoordinatorState, select_nodes
 from .energy import EnergyMeter
+from .node.instructions import NodeInstructions
 from .node.node import Workbench, derived_seed
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
@@ -79,7 +81,7 @@ class Coordinator:
         uplink = {"uplink": comp.uplink, "error_feedback": comp.error_feedback,
                   "block": comp.block} if comp.uplink else {}
         self.node_config = {**local, **strategy.node_plan, **uplink}
-        self.plan = LocalPlan.from_config(self.node_config)
+        self.plan = NodeInstructions.from_config(self.node_config).plan
         self.health = RunHealth()
         self.writer = RoundWriter()  # each round's store writes, beside the next round
         self.unchanged_because: str | None = None  # set by step for close_round
@@ -134,10 +136,9 @@ class Coordinator:
         aux = {"scaffold_c": self.state.control} if self.state.control is not None else {}
         if not comp.downlink:
             return FitIns(round_, params, dict(self.node_config), aux)
-        packed, encoding, _ = pack_vector(params, comp.downlink, block=comp.block,
-                                          seed=derived_seed(self.cfg.run.seed, round_, "down"))
-        return FitIns(round_, params.new_zeros(0), dict(self.node_config), {**aux, **packed},
-                      encoding)
+        ctx = TransformContext(seed=derived_seed(self.cfg.run.seed, round_, "down"))
+        dense, _ = Compress(comp.downlink, comp.block).apply(params, None, ctx)
+        return FitIns(round_, dense, dict(self.node_config), {**aux, **ctx.aux}, ctx.encoding)
 
     def _decoded(self, res: FitRes) -> FitRes | str:
         """The result with its update decompressed (or why it cannot be)."""

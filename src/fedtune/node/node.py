@@ -1,7 +1,8 @@
 """A Node answers instructions: load the global parameters, fine-tune, send the update.
 
-The node keeps only what is its own across rounds: its data, SCAFFOLD's control variate
-``c_i`` and (for DiLoCo) its inner optimizer state. The model it trains on is a
+The node keeps only what is its own across rounds: its data and the state its hooks keep
+(SCAFFOLD's control variate ``c_i``, DiLoCo's inner optimizer state, the uplink's
+error-feedback residual; see :mod:`fedtune.node.hooks`). The model it trains on is a
 :class:`Workbench` owned by the process and shared by every node the process hosts, so a
 simulation of 1,000 nodes holds one model, not 1,000.
 """
@@ -18,13 +19,15 @@ from typing import Any
 
 import torch
 
-from ..algorithms.compression import pack_vector, unpack_vector
+from ..algorithms.compression import unpack_vector
 from ..data.federated import NodeData
 from ..energy import EnergyMeter
 from ..params import FlatModel
 from ..task import Task
 from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
-from .trainer import LocalPlan, evaluate_model, train_locally
+from .hooks import FitContext, hooks_for
+from .instructions import EvalInstructions, NodeInstructions
+from .trainer import evaluate_model, train_locally
 
 
 @dataclass
@@ -98,16 +101,16 @@ class Node:
         self._state_before_last_fit = saved["before"]
 
     def fit(self, ins: FitIns, bench: Workbench) -> FitRes:
-        """Train on this node's data from ``ins.params``. Idempotent per round: asked the same
-        round again (a coordinator that restarted mid-round), the node first rolls its state
-        back to before that round, so nothing is applied twice and the answer is the same."""
+        """Train on this node's data from ``ins.params``, between the round's hooks.
+
+        Idempotent per round: asked the same round again (a coordinator that restarted
+        mid-round), the node first rolls back the state its hooks declare mutable to before
+        that round, so nothing is applied twice and the answer is the same."""
         wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
-        if ins.round == self.last_fit_round:
-            self.state = copy.deepcopy(self._state_before_last_fit)
-        else:
-            self._state_before_last_fit = copy.deepcopy(self.state)
-            self.last_fit_round = ins.round
-        flat, plan = bench.flat, LocalPlan.from_config(ins.config)
+        instructions = NodeInstructions.from_config(ins.config)
+        hooks = hooks_for(instructions, ins.aux)
+        self._roll_back(ins.round, [key for hook in hooks for key in hook.mutable])
+        flat, plan = bench.flat, instructions.plan
         if ins.encoding:  # a compressed broadcast: train from what it decodes to
             ins = FitIns(ins.round, unpack_vector(
                 ins.aux, ins.encoding, numel=flat.spec.numel,
@@ -115,48 +118,40 @@ class Node:
                 ins.config, ins.aux)
         flat.load_(ins.params)
         self._seed_model_randomness(ins.round)
-        correction = None
-        control = ins.aux.get("scaffold_c")
-        if control is not None:
-            ci = self.state.get("scaffold_ci")
-            correction = control - ci if ci is not None else control
+        ctx = FitContext(ins.round, ins.params, ins.aux, instructions, self.state,
+                         seed=derived_seed(self.seed, ins.round, self.node_id, "up"))
+        for hook in hooks:
+            hook.before_fit(ctx)
         if bench.task.train_fn is not None:
             steps = bench.task.train_fn(flat.module, self.data.x_train, self.data.y_train, plan,
                                         self._generator(ins.round, "fit"))
             flat.reseat_grads()  # user code may have set .grad to None
             examples, loss = self.data.num_train, float("nan")
-            opt_state: dict[str, Any] = {}
+            ctx.optimizer_state = {}
         else:
-            stats, opt_state = train_locally(
+            stats, ctx.optimizer_state = train_locally(
                 flat, self.data.x_train, self.data.y_train, bench.task.loss_fn, plan,
                 self._generator(ins.round, "fit"),
-                prox_center=ins.params if plan.prox_mu else None, correction=correction,
-                optimizer_state=self.state.get("optimizer"))
+                prox_center=ins.params if plan.prox_mu else None, correction=ctx.correction,
+                optimizer_state=ctx.optimizer_state)
             steps, examples, loss = stats.steps, stats.examples, stats.mean_loss
-        update = flat.vector - ins.params
-        aux: dict[str, torch.Tensor] = {}
-        if control is not None:
-            # Option II of SCAFFOLD: c_i+ = c_i - c + (x - y) / (K lr); send delta c_i.
-            ci = self.state.get("scaffold_ci", torch.zeros_like(control))
-            new_ci = ci - control - update / (steps * plan.lr)
-            aux["scaffold_dc"] = new_ci - ci
-            self.state["scaffold_ci"] = new_ci
-        if plan.keep_optimizer_state:
-            self.state["optimizer"] = opt_state
-        encoding = ""
-        uplink = str(ins.config.get("uplink", ""))
-        if uplink:
-            ef = bool(ins.config.get("error_feedback", False))
-            packed, encoding, residual = pack_vector(
-                update, uplink, block=int(ins.config.get("block", 256)),
-                seed=derived_seed(self.seed, ins.round, self.node_id, "up"),
-                residual=self.state.get("ef_residual"), error_feedback=ef)
-            if ef:
-                self.state["ef_residual"] = residual
-            aux.update(packed)
-            update = update.new_zeros(0)
-        return FitRes(self.node_id, ins.round, update, examples, steps, loss, aux,
-                      self._metered(wall0, cpu0, token), encoding)
+        ctx.update, ctx.steps = flat.vector - ins.params, steps
+        for hook in hooks:
+            hook.after_fit(ctx)
+        return FitRes(self.node_id, ins.round, ctx.update, examples, steps, loss, ctx.out_aux,
+                      self._metered(wall0, cpu0, token), ctx.encoding)
+
+    def _roll_back(self, round_: int, mutable: list[str]) -> None:
+        """Before a round: restore ``mutable`` keys when the round repeats, else remember
+        them as they are."""
+        if round_ == self.last_fit_round:
+            for key in mutable:
+                self.state.pop(key, None)
+            self.state.update(copy.deepcopy(self._state_before_last_fit))
+        else:
+            self._state_before_last_fit = copy.deepcopy(
+                {key: self.state[key] for key in mutable if key in self.state})
+            self.last_fit_round = round_
 
     def evaluate(self, ins: EvalIns, bench: Workbench) -> EvalRes:
         """Metrics of the global model on the node's test split, and (when
@@ -165,10 +160,9 @@ class Node:
         flat, task, d = bench.flat, bench.task, self.data
         flat.load_(ins.params)
         metrics = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
-        steps = int(ins.config.get("personalize_steps", 0))
-        if steps > 0:
-            plan = LocalPlan.from_config({**ins.config, "steps": steps, "optimizer": "sgd"})
-            train_locally(flat, d.x_train, d.y_train, task.loss_fn, plan,
+        instructions = EvalInstructions.from_config(ins.config)
+        if instructions.personalize_steps > 0:
+            train_locally(flat, d.x_train, d.y_train, task.loss_fn, instructions.plan,
                           self._generator(ins.round, "personalize"))
             tuned = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
             metrics.update({f"{k}_personalized": v for k, v in tuned.items()})

@@ -1,0 +1,122 @@
+"""Node-side parts around local training: each hook prepares the round before the node
+trains and finishes the result after, like Flower's client mods.
+
+A hook declares the keys of the node's own state it writes (``mutable``): a node asked the
+same round twice (a coordinator that restarted mid-round) rolls back exactly those keys, so
+nothing is applied twice. The hooks a round runs follow from its typed instructions
+(:func:`hooks_for`): SCAFFOLD's node part when the coordinator sends its control variate,
+DiLoCo's kept inner optimizer, uplink compression with error feedback. A custom
+``Task.train_fn`` runs between the same hooks; only gradient terms (``ctx.correction``) need
+the default loop.
+
+References:
+    Karimireddy et al. 2020, "SCAFFOLD: Stochastic Controlled Averaging for Federated
+    Learning" (option II control variates); Douillard et al. 2023, "DiLoCo" (the inner
+    optimizer's state kept across rounds); Karimireddy et al. 2019 (error feedback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..algorithms.transforms import Chain, TransformContext, uplink_chain
+from .instructions import NodeInstructions
+
+
+@dataclass
+class FitContext:
+    """One round of one node, as the hooks see it."""
+
+    round: int
+    params: torch.Tensor  # the global parameters the node starts from
+    aux: dict[str, torch.Tensor]  # the instruction's tensors
+    instructions: NodeInstructions
+    state: dict[str, Any]  # what the node keeps between rounds
+    seed: int = 0  # this node's seed for the round's message (uplink encoders)
+    correction: torch.Tensor | None = None  # added to every local gradient
+    optimizer_state: dict[str, Any] | None = None  # the local optimizer's, in and out
+    update: torch.Tensor | None = None  # after training: local minus global
+    steps: int = 0
+    out_aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoding: str = ""
+
+
+class NodeHook(Protocol):
+    mutable: tuple[str, ...]  # node-state keys this hook writes
+
+    def before_fit(self, ctx: FitContext) -> None: ...
+
+    def after_fit(self, ctx: FitContext) -> None: ...
+
+
+class ScaffoldNode:
+    """SCAFFOLD's node part: corrects every gradient by c - c_i, then (option II)
+    c_i+ = c_i - c + (x - y) / (K lr) and sends delta c_i = c_i+ - c_i."""
+
+    mutable: tuple[str, ...] = ("scaffold_ci",)
+
+    def before_fit(self, ctx: FitContext) -> None:
+        control = ctx.aux["scaffold_c"]
+        ci = ctx.state.get("scaffold_ci")
+        ctx.correction = control - ci if ci is not None else control
+
+    def after_fit(self, ctx: FitContext) -> None:
+        assert ctx.update is not None
+        control = ctx.aux["scaffold_c"]
+        ci = ctx.state.get("scaffold_ci", torch.zeros_like(control))
+        new_ci = ci - control - ctx.update / (ctx.steps * ctx.instructions.plan.lr)
+        ctx.out_aux["scaffold_dc"] = new_ci - ci
+        ctx.state["scaffold_ci"] = new_ci
+
+
+class KeepOptimizerState:
+    """The local optimizer continues from its state of the node's last round (DiLoCo)."""
+
+    mutable: tuple[str, ...] = ("optimizer",)
+
+    def before_fit(self, ctx: FitContext) -> None:
+        ctx.optimizer_state = ctx.state.get("optimizer")
+
+    def after_fit(self, ctx: FitContext) -> None:
+        ctx.state["optimizer"] = ctx.optimizer_state or {}
+
+
+class UplinkTransforms:
+    """Runs the update through its transform chain (compression, error feedback); the
+    chain's state (the residual) stays with the node."""
+
+    mutable: tuple[str, ...] = ("uplink",)
+
+    def __init__(self, transforms: Chain) -> None:
+        self.transforms = transforms
+
+    def before_fit(self, ctx: FitContext) -> None:
+        return None
+
+    def after_fit(self, ctx: FitContext) -> None:
+        assert ctx.update is not None
+        state = ctx.state.get("uplink")
+        if state is None:
+            state = self.transforms.init()
+        tctx = TransformContext(seed=ctx.seed)
+        ctx.update, state = self.transforms.apply(ctx.update, state, tctx)
+        ctx.state["uplink"] = state
+        ctx.out_aux.update(tctx.aux)
+        ctx.encoding = tctx.encoding
+
+
+def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor]) -> list[NodeHook]:
+    """The hooks one round runs, in order, from its instructions."""
+    hooks: list[NodeHook] = []
+    if "scaffold_c" in aux:
+        hooks.append(ScaffoldNode())
+    if instructions.plan.keep_optimizer_state:
+        hooks.append(KeepOptimizerState())
+    if instructions.uplink:
+        hooks.append(UplinkTransforms(uplink_chain(
+            instructions.uplink, error_feedback=instructions.error_feedback,
+            block=instructions.block)))
+    return hooks

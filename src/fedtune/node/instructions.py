@@ -1,0 +1,63 @@
+"""Typed node instructions: what a fit or evaluate message's ``config`` may say.
+
+The coordinator sends a flat JSON object (the message schema checks its value types); the
+node reads it into these records, and a key that no record knows is an error naming the key
+and the keys allowed, so a coordinator and a site of different versions never train with an
+instruction silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..errors import MessageError
+from .trainer import LocalPlan
+
+PLAN_KEYS = frozenset(f.name for f in fields(LocalPlan))
+
+
+@dataclass(frozen=True)
+class NodeInstructions:
+    """A fit instruction: the local plan and the uplink's transforms."""
+
+    plan: LocalPlan
+    uplink: str = ""  # compression.uplink, e.g. "topk:0.1+q8"; "" sends the update dense
+    error_feedback: bool = False
+    block: int = 256
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> NodeInstructions:
+        uplink_keys = {"uplink", "error_feedback", "block"}
+        unknown = sorted(set(config) - PLAN_KEYS - uplink_keys)
+        if unknown:
+            raise MessageError(f"unknown instruction key {unknown[0]!r} in a fit message; "
+                               f"known: {', '.join(sorted(PLAN_KEYS | uplink_keys))} (are the "
+                               "coordinator and this site the same fedtune version?)")
+        plan = LocalPlan(**{k: v for k, v in config.items() if k in PLAN_KEYS})
+        return NodeInstructions(plan, uplink=str(config.get("uplink", "")),
+                                error_feedback=bool(config.get("error_feedback", False)),
+                                block=int(config.get("block", 256)))
+
+
+@dataclass(frozen=True)
+class EvalInstructions:
+    """An evaluate instruction: fine-tune this many SGD steps first (0: none)."""
+
+    personalize_steps: int = 0
+    lr: float = 0.05
+    batch_size: int = 32
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> EvalInstructions:
+        known = {f.name for f in fields(EvalInstructions)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise MessageError(f"unknown instruction key {unknown[0]!r} in an evaluate "
+                               f"message; known: {', '.join(sorted(known))}")
+        return EvalInstructions(**config)
+
+    @property
+    def plan(self) -> LocalPlan:
+        return LocalPlan(steps=self.personalize_steps, batch_size=self.batch_size, lr=self.lr,
+                         optimizer="sgd")
