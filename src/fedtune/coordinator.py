@@ -28,7 +28,7 @@ import torch
 
 from .algorithms.compression import unpack_vector
 from .algorithms.fold import RoundFold
-from .algorithms.strategy import Strategy, scaffold_control_step
+from .algorithms.strategy import Strategy
 from .algorithms.transforms import Compress, TransformContext
 from .config import RunConfig
 from .coordinator_state import CoordinatorState, select_nodes
@@ -74,8 +74,9 @@ class Coordinator:
         if self.release_bench:
             bench.flat.release()
         self.state = CoordinatorState(
-            params=params, opt_state=strategy.server_opt.init(params),
-            control=torch.zeros_like(params) if strategy.scaffold else None)
+            params=params, parts={"opt": strategy.server_opt.init(params)})
+        if strategy.control is not None:
+            self.state.parts[strategy.control.name] = strategy.control.init(params)
         local = cfg.local.model_dump()
         comp = cfg.compression
         uplink = {"uplink": comp.uplink, "error_feedback": comp.error_feedback,
@@ -133,7 +134,9 @@ class Coordinator:
         """What every node asked in ``round_`` receives: the global model (compressed when
         configured), its local plan and SCAFFOLD's server control variate."""
         comp, params = self.cfg.compression, self.state.params
-        aux = {"scaffold_c": self.state.control} if self.state.control is not None else {}
+        control = self.strategy.control
+        aux = control.instruction_aux(self.state.parts[control.name]) \
+            if control is not None else {}
         if not comp.downlink:
             return FitIns(round_, params, dict(self.node_config), aux)
         ctx = TransformContext(seed=derived_seed(self.cfg.run.seed, round_, "down"))
@@ -187,7 +190,8 @@ class Coordinator:
         cpu0 = time.thread_time()
         weight = float(res.num_examples) * factor \
             if self.cfg.strategy.weighting == "examples" else factor
-        dc = res.aux.get("scaffold_dc") if self.state.control is not None else None
+        control = self.strategy.control
+        dc = res.aux.get(control.receives) if control is not None else None
         vector = update if update is not None else res.update
         if position is None:
             fold.append(vector, weight, float(res.num_steps), dc)
@@ -328,12 +332,12 @@ class Coordinator:
         delta = fold.delta(self.strategy.aggregator).to(st.params.device)
         # the fold is finished, so the step may write the new parameters into delta
         params, opt_state = self.strategy.server_opt.apply(
-            st.params, delta, st.opt_state, consume=True)  # type: ignore[arg-type]
+            st.params, delta, st.parts["opt"], consume=True)
         del delta
-        dc_sum = fold.control_delta_sum()
-        control = st.control
-        if control is not None and dc_sum is not None:
-            control = scaffold_control_step(control, dc_sum, len(self.runtime.node_ids))
+        part, control = self.strategy.control, None
+        if part is not None:
+            control = part.after_step(st.parts[part.name], fold.control_delta_sum(),
+                                      len(self.runtime.node_ids))
         # a non-finite aggregate (updates too large for float32, however valid each one is)
         # makes non-finite parameters: that step is not taken, the model stays as it is
         if not (all_finite(params) and (control is None or all_finite(control))):
@@ -342,7 +346,10 @@ class Coordinator:
                         "aggregate of %d updates overflows float32); the global model is "
                         "unchanged", st.round + 1, fold.count)
             return 0
-        st.params, st.opt_state, st.control = params, opt_state, control
+        st.params = params
+        st.parts["opt"] = opt_state
+        if part is not None:
+            st.parts[part.name] = control
         return examples
 
     def snapshot(self) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from .. import catalog
 from ..catalog import AGGREGATORS
 from .aggregate import Aggregator, weighted_mean
 from .fold import RoundFold
+from .scaffold import ScaffoldServer, scaffold_control_step
 from .server_opt import SGD, Adaptive, OptState, ServerOptimizer
 
 NodePlanValue = int | float | str | bool
@@ -54,8 +55,13 @@ class Strategy:
     aggregator: Aggregator
     server_opt: ServerOptimizer
     normalize_by_steps: bool = False
-    scaffold: bool = False
+    control: ScaffoldServer | None = None  # SCAFFOLD's server part
     node_plan: dict[str, NodePlanValue] = field(default_factory=dict)
+
+    @property
+    def scaffold(self) -> bool:
+        """Whether control variates travel (SCAFFOLD)."""
+        return self.control is not None
 
 
 def _aggregator(p: StrategyParams) -> Aggregator:
@@ -98,7 +104,7 @@ def fedprox(p: StrategyParams) -> Strategy:
 
 
 def scaffold(p: StrategyParams) -> Strategy:
-    return _sgd_strategy("scaffold", p, lr=1.0, momentum=0.0, scaffold=True)
+    return _sgd_strategy("scaffold", p, lr=1.0, momentum=0.0, control=ScaffoldServer())
 
 
 def fedadam(p: StrategyParams) -> Strategy:
@@ -150,13 +156,6 @@ def server_step(strategy: Strategy, params: torch.Tensor, updates: torch.Tensor,
     """One round on the server: aggregate the updates, then apply the server optimizer."""
     delta = aggregate_updates(strategy, updates, weights, steps)
     return strategy.server_opt.apply(params, delta, state)
-
-
-def scaffold_control_step(control: torch.Tensor, control_delta_sum: torch.Tensor,
-                          num_nodes: int) -> torch.Tensor:
-    """c <- c + (1/N) sum_{i in S} delta c_i (Karimireddy et al. 2020, Algorithm 1), given
-    the sum of the selected nodes' deltas."""
-    return control + control_delta_sum / num_nodes
 
 
 __all__ = ["STRATEGIES", "Strategy", "StrategyParams", "aggregate_updates", "build_strategy",
