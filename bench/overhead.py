@@ -55,7 +55,7 @@ def run_plain(workspace: str) -> dict:
     import torch
     from torch.nn import functional as F
 
-    from fedtune.node.node import derived_seed
+    from fedtune.seeds import derived_seed
     from fedtune.tasks import build_task
 
     t0 = time.perf_counter()

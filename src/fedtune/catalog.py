@@ -3,8 +3,8 @@
 Validating a config must not import torch (about 1.5 s): a typo in ``fedtune run --set ...``
 is reported at once. So each registry here maps a name to its one-line description and the
 ``module:attribute`` of its code, and imports that code the first time the entry is looked
-up. The code itself holds no second list of names: a new strategy, aggregator, dataset or
-partitioner is one function in its module plus one line here.
+up. The code itself holds no second list of names: a new strategy, aggregator, selector, dataset
+or partitioner is one function in its module plus one line here.
 """
 
 from __future__ import annotations
@@ -71,6 +71,14 @@ AGGREGATORS = LazyRegistry("aggregator", {
                      "(keeps all K updates)", _A + "trimmed_mean_part"),
 })
 
+_SEL = "fedtune.algorithms.selection:"
+SELECTORS = LazyRegistry("selection", {
+    "fixed": ("strategy.count nodes, or strategy.fraction of them, drawn without replacement",
+              _SEL + "fixed_part"),
+    "poisson": ("each node independently with probability strategy.fraction (the round's "
+                "size varies)", _SEL + "poisson_part"),
+})
+
 _D = "fedtune.data.datasets:"
 DATASETS = LazyRegistry("dataset", {
     "digits": ("scikit-learn 8x8 handwritten digits, 1,797 images, 10 classes",
@@ -97,5 +105,6 @@ PARTITIONERS = LazyRegistry("partition", {
 
 STRATEGY_NAMES = tuple(STRATEGIES)
 AGGREGATOR_NAMES = tuple(AGGREGATORS)
+SELECTOR_NAMES = tuple(SELECTORS)
 DATASET_NAMES = tuple(DATASETS)
 PARTITION_NAMES = tuple(PARTITIONERS)

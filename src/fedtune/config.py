@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .catalog import AGGREGATOR_NAMES, DATASET_NAMES, PARTITION_NAMES, STRATEGY_NAMES
+from .catalog import (
+    AGGREGATOR_NAMES,
+    DATASET_NAMES,
+    PARTITION_NAMES,
+    SELECTOR_NAMES,
+    STRATEGY_NAMES,
+)
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -78,6 +84,7 @@ class ModelSection(Section):
 
 class StrategySection(Section):
     name: str = "fedavg"
+    selection: str = "fixed"
     fraction: float = Field(1.0, gt=0, le=1)
     count: int = Field(0, ge=0)
     min_nodes: int = Field(1, ge=1)
@@ -100,6 +107,13 @@ class StrategySection(Section):
     def _name(cls, v: str) -> str:
         if v not in STRATEGY_NAMES:
             raise ValueError(f"unknown strategy; allowed: {', '.join(sorted(STRATEGY_NAMES))}")
+        return v
+
+    @field_validator("selection")
+    @classmethod
+    def _selection(cls, v: str) -> str:
+        if v not in SELECTOR_NAMES:
+            raise ValueError(f"unknown selection; allowed: {', '.join(sorted(SELECTOR_NAMES))}")
         return v
 
     @field_validator("aggregator")
@@ -230,6 +244,9 @@ class RunConfig(Section):
             raise ValueError("server.park_model = true needs strategy.mode = \"sync\": "
                              "asynchronous rounds send the model at any time, so it is never "
                              "idle; set server.park_model = false")
+        if self.strategy.selection == "poisson" and self.strategy.count:
+            raise ValueError("strategy.selection = \"poisson\" takes each node with "
+                             "probability strategy.fraction; strategy.count must stay 0")
         return self
 
 

@@ -28,17 +28,20 @@ import torch
 
 from .algorithms.compression import unpack_vector
 from .algorithms.fold import RoundFold
+from .algorithms.selection import Selector
 from .algorithms.strategy import Strategy
 from .algorithms.transforms import Compress, TransformContext
+from .catalog import SELECTORS
 from .config import RunConfig
-from .coordinator_state import CoordinatorState, select_nodes
+from .coordinator_state import CoordinatorState
 from .energy import EnergyMeter
 from .node.instructions import NodeInstructions
-from .node.node import Workbench, derived_seed
+from .node.node import Workbench
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
 from .run_health import RunHealth, max_examples
 from .runtime.base import Reply, Runtime
+from .seeds import derived_seed
 from .store import RunStore
 from .store_writer import RoundWriter
 from .types import (
@@ -83,6 +86,9 @@ class Coordinator:
                   "block": comp.block} if comp.uplink else {}
         self.node_config = {**local, **strategy.node_plan, **uplink}
         self.plan = NodeInstructions.from_config(self.node_config).plan
+        s = cfg.strategy
+        self.selector: Selector = SELECTORS.load(s.selection)(
+            fraction=s.fraction, count=s.count, min_nodes=s.min_nodes)
         self.health = RunHealth()
         self.writer = RoundWriter()  # each round's store writes, beside the next round
         self.unchanged_because: str | None = None  # set by step for close_round
@@ -126,9 +132,7 @@ class Coordinator:
     # -- one round -----------------------------------------------------------------------
     def select(self, round_: int) -> list[str]:
         """The nodes that train in ``round_`` (seeded, the same in every runtime)."""
-        s = self.cfg.strategy
-        return select_nodes(self.runtime.node_ids, round_, seed=self.cfg.run.seed,
-                            fraction=s.fraction, count=s.count, min_nodes=s.min_nodes)
+        return self.selector.select(self.runtime.node_ids, round_, self.cfg.run.seed)
 
     def instruction(self, round_: int) -> FitIns:
         """What every node asked in ``round_`` receives: the global model (compressed when

@@ -1,10 +1,9 @@
-"""What the coordinator carries from round to round, and who takes part in a round.
+"""What the coordinator carries from round to round.
 
 :class:`CoordinatorState` is the global parameter vector and the state of each stateful
 server part (the server optimizer, SCAFFOLD's control variate, ...), with the round reached
 and its records; its snapshot, the union of the parts' states, is the state file a resumed
 run continues from, so a new stateful part resumes after a crash with no edit here.
-:func:`select_nodes` is the seeded sample of a round's nodes, the same in every runtime.
 """
 
 from __future__ import annotations
@@ -12,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 
-from .node.node import derived_seed
 from .types import RoundRecord
 
 
@@ -101,15 +98,3 @@ def state_from_tensors(name: str, template: Any, tensors: dict[str, torch.Tensor
         return tuple(state_from_tensors(f"{name}.{i}", v, tensors, device)
                      for i, v in enumerate(template))
     raise TypeError(f"cannot restore server part {name!r} from a {type(template).__name__}")
-
-
-def select_nodes(node_ids: list[str], round_: int, *, seed: int, fraction: float, count: int,
-                 min_nodes: int) -> list[str]:
-    """The nodes of one round: a seeded sample by count or fraction (all when fraction=1)."""
-    n = len(node_ids)
-    k = count if count else max(min_nodes, round(fraction * n))
-    k = min(k, n)
-    if k == n:
-        return list(node_ids)
-    rng = np.random.default_rng(derived_seed(seed, "select", round_))
-    return [node_ids[i] for i in sorted(rng.choice(n, size=k, replace=False))]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from ..algorithms.compression import unpack_vector
 from ..data.federated import NodeData
 from ..energy import EnergyMeter
 from ..params import FlatModel
+from ..seeds import derived_seed
 from ..task import Task
 from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
 from .hooks import FitContext, hooks_for
@@ -41,12 +41,6 @@ class Workbench:
     def create(task: Task, device: torch.device, seed: int) -> Workbench:
         torch.manual_seed(seed)
         return Workbench(FlatModel(task.model_factory(), device), task)
-
-
-def derived_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (same on every machine and runtime)."""
-    text = ":".join(map(str, parts)).encode()
-    return (zlib.crc32(text) << 31) ^ zlib.crc32(text[::-1])
 
 
 class Node:

@@ -28,8 +28,8 @@ import numpy as np
 
 from ..coordinator import Coordinator
 from ..errors import ConfigError
-from ..node.node import derived_seed
 from ..runtime.base import not_asynchronous
+from ..seeds import derived_seed
 from ..types import NodeRoundRecord
 
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ..errors import FedtuneError
-from ..node.node import Node, Workbench, derived_seed
+from ..node.node import Node, Workbench
+from ..seeds import derived_seed
 from ..types import EvalIns, FitIns, FitRes, NodeFailure
 from ..wire import encoded_size
 from .base import Capabilities, Reply
