@@ -146,7 +146,7 @@ def floor_site(address: str, node: str, ws: str, port: int, rounds: int) -> None
     import grpc
     import torch
 
-    from fedtune.experiment import make_meter
+    from fedtune.machine import make_meter
     from fedtune.node.node import Node, Workbench
     from fedtune.tasks import build_task
     from fedtune.types import FitIns

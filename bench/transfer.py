@@ -134,7 +134,7 @@ def measure(size_mb: int, port: int, limit: int, rounds: int, sites_n: int = SIT
     from fedtune.algorithms.strategy import build_strategy
     from fedtune.config import config_from_dict
     from fedtune.coordinator import Coordinator
-    from fedtune.experiment import make_meter
+    from fedtune.machine import make_meter
     from fedtune.node.node import Workbench
     from fedtune.rounds.sync import sync_round
     from fedtune.runtime.grpc.server import GrpcRuntime

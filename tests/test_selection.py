@@ -49,7 +49,7 @@ def test_a_run_with_poisson_selection_and_its_config_rule():
                               "data.num_nodes=8", "run.rounds=4"), store=False)
     assert result.status == "complete"
     assert len({len(r.nodes) for r in result.rounds}) > 1, "Poisson rounds differ in size"
-    with pytest.raises(ConfigError, match="strategy.count must stay 0"):
+    with pytest.raises(ConfigError, match=r"strategy\.count must stay 0"):
         small_config('strategy.selection="poisson"', "strategy.count=3")
     with pytest.raises(ConfigError, match="unknown selection"):
         small_config('strategy.selection="lottery"')

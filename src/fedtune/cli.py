@@ -101,6 +101,8 @@ def serve(
     run_id: Annotated[str | None, typer.Option("--run", help="with --resume: which run")] = None,
     output: Annotated[str, typer.Option(help="table or json")] = "table",
     threads: Annotated[int, typer.Option(help="torch threads; 0 = torch's default")] = 0,
+    task: Annotated[str, typer.Option(
+        help="module:function building a custom Task (sites join with the same)")] = "",
 ) -> None:
     """Coordinate real sites over gRPC (they connect with 'fedtune join')."""
     # The coordinator idles while sites train: let OpenMP threads sleep instead of spinning
@@ -128,9 +130,11 @@ def serve(
     try:
         cfg = load_config(config, set_ or [])
         from .experiment import serve as serve_experiment
+        from .task import load_task_factory
 
         result = serve_experiment(cfg, resume=resume, resume_run=run_id, on_round=on_round,
-                                  on_start=on_start)
+                                  on_start=on_start,
+                                  task_factory=load_task_factory(task) if task else None)
         _print_result(result, output, f"fedtune serve: {cfg.run.name}")
     except FedtuneError as exc:
         sys.stderr.write(f"error: {exc}\n")

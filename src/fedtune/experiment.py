@@ -14,8 +14,9 @@ import torch
 from .algorithms.strategy import Strategy, build_strategy
 from .config import RunConfig, config_from_dict
 from .coordinator import Coordinator
-from .energy import EnergyMeter, carbon_intensity
+from .energy import EnergyMeter
 from .errors import ConfigError
+from .machine import make_meter, resolve_device
 from .node.node import Node, Workbench
 from .rounds.federation import run_federation
 from .runtime.base import Runtime
@@ -23,25 +24,6 @@ from .runtime.inprocess import InProcessRuntime
 from .store import RunStore
 from .task import Task
 from .types import RoundRecord, RunResult
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"run.device = {name!r} but no CUDA device is visible; use 'auto' or "
-                          "'cpu'")
-    return torch.device(name)
-
-
-def make_meter(cfg: RunConfig) -> tuple[EnergyMeter, float]:
-    """The energy meter and the grams of CO2e per joule for the configured country."""
-    e = cfg.energy
-    meter = EnergyMeter(tdp_watts=e.tdp_watts or None, use_rapl=e.rapl)
-    if not e.enabled:
-        meter.watts_per_thread, meter.rapl, meter.method = 0.0, [], "disabled"
-        meter.code = "disabled"
-    return meter, carbon_intensity(e.country) / 3.6e6
 
 
 def _assemble(cfg: RunConfig, task: Task | None,
@@ -114,12 +96,15 @@ LARGE_MODEL_MB = 256  # above this, serve suggests bounding the updates held at 
 
 
 def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = None,
+          task_factory: Callable[[RunConfig], Task] | None = None,
           on_round: Callable[[RoundRecord], None] | None = None,
           on_start: Callable[[str, int], None] | None = None) -> RunResult:
     """Coordinate real sites over gRPC (``fedtune serve``) until the run's last round.
 
     With ``resume``, continue the newest incomplete run in the workspace (or ``resume_run``)
     from its last completed round, with the config stored for it (only [server] may change).
+    ``task_factory`` builds a custom :class:`Task` from the run's config (``serve --task``;
+    the sites join with the same ``--task``); by default the bundled dataset's task.
     """
     from .runtime.grpc.server import GrpcRuntime
 
@@ -133,7 +118,8 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
         stored = store.load_run(run_id)["config"]
         cfg = config_from_dict({**stored, "server": cfg.server.model_dump()})
         saved = store.latest_state(run_id)
-    _, strategy, bench, meter, co2_per_joule = _assemble(cfg, None)
+    task = task_factory(cfg) if task_factory is not None else None
+    _, strategy, bench, meter, co2_per_joule = _assemble(cfg, task)
     numel = bench.flat.spec.numel
     welcome = cfg.model_dump(exclude={"server"})
     runtime = GrpcRuntime(cfg.server, welcome=welcome, expected_bytes=3 * 4 * numel + 2**20)

@@ -27,6 +27,7 @@ from ...config import config_from_dict
 from ...data.federated import NodeData
 from ...errors import FedtuneError, MessageError
 from ...node.node import Node, Workbench
+from ...task import Task
 from ...types import EvalIns, FitIns
 from .security import read_file
 from .transfer import MAX_FRAME_BYTES, Assembler, control_chunk, decode_assembly, message_chunks, open_session
@@ -57,17 +58,16 @@ class Refused(FedtuneError):
     """The coordinator refused this site (credentials, certificate, protocol)."""
 
 
-def load_site_data(spec: str, site: str, cfg: Any) -> NodeData:
-    """The site's private data: ``partition:NODE`` (that node's split of the config's bundled
-    dataset, as in simulation) or a ``.npz`` file with x_train, y_train, x_test, y_test."""
+def load_site_data(spec: str, site: str, task: Task) -> NodeData:
+    """The site's private data: ``partition:NODE`` (that node of the task's data: the
+    config's bundled dataset split as in simulation, or a custom task's own node) or a
+    ``.npz`` file with x_train, y_train, x_test, y_test."""
     import numpy as np
     import torch
 
     if spec.startswith("partition:"):
-        from ...tasks import build_task
-
         wanted = spec.split(":", 1)[1] or site
-        nodes = {n.node_id: n for n in build_task(cfg).data.nodes}
+        nodes = {n.node_id: n for n in task.data.nodes}
         if wanted not in nodes:
             raise FedtuneError(f"--data {spec!r}: the config's partition has no node {wanted!r}; "
                                f"it has {', '.join(sorted(nodes)[:5])}...")
@@ -113,12 +113,11 @@ class Site:
         """Build the model and node from the coordinator's config (once per process)."""
         import torch
 
-        from ...experiment import make_meter, resolve_device
+        from ...machine import make_meter, resolve_device
 
         if self.node is not None:
             return
         cfg = config_from_dict(welcome)
-        data = load_site_data(self.o.data, self.o.site, cfg)
         if self.o.task:
             from ...task import load_task_factory
 
@@ -127,6 +126,7 @@ class Site:
             from ...tasks import build_task
 
             task = build_task(cfg)
+        data = load_site_data(self.o.data, self.o.site, task)
         device = resolve_device(self.o.device)
         self.bench = Workbench.create(task, device, cfg.run.seed)
         meter, co2 = make_meter(cfg)
