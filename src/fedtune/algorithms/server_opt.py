@@ -1,7 +1,8 @@
 """Server optimizers: turn the aggregated update into the next global parameters.
 
 optax style: ``init(params) -> state`` and ``apply(params, delta, state) -> (params, state)``,
-pure functions of tensors. ``delta`` is the aggregated update direction (mean of
+pure functions of tensors; :class:`WithTransforms` chains update transforms of the aggregate
+(:mod:`fedtune.algorithms.transforms`) in front of an optimizer. ``delta`` is the aggregated update direction (mean of
 local-minus-global), i.e. the negative pseudo-gradient, so plain FedAvg is ``sgd(lr=1)``.
 A caller that gives ``delta`` up passes ``consume=True``: an optimizer may then write the new
 parameters into its memory, so the step holds two model-size vectors instead of three
@@ -18,9 +19,12 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+
+from ..seeds import derived_seed
+from .transforms import Chain, TransformContext
 
 
 @dataclass
@@ -33,10 +37,13 @@ class OptState:
 
 
 class ServerOptimizer(Protocol):
-    def init(self, params: torch.Tensor) -> OptState: ...
+    """``init(params) -> state``; ``apply(params, delta, state) -> (params, state)``. The
+    state is the optimizer's own (an :class:`OptState`, a :class:`ChainState`, ...)."""
 
-    def apply(self, params: torch.Tensor, delta: torch.Tensor, state: OptState, *,
-              consume: bool = False) -> tuple[torch.Tensor, OptState]: ...
+    def init(self, params: torch.Tensor) -> Any: ...
+
+    def apply(self, params: torch.Tensor, delta: torch.Tensor, state: Any, *,
+              consume: bool = False) -> tuple[torch.Tensor, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -91,3 +98,36 @@ class Adaptive:
             v = state.v + d2
         new = params + self.lr * m / (v.sqrt() + self.tau)
         return new, OptState(state.step + 1, m, v)
+
+
+@dataclass
+class ChainState:
+    """The state of :class:`WithTransforms`: its transforms' and its optimizer's."""
+
+    transforms: tuple[object, ...]
+    optimizer: OptState
+
+    @property
+    def step(self) -> int:
+        return self.optimizer.step
+
+
+@dataclass(frozen=True)
+class WithTransforms:
+    """optax's ``chain(transforms..., optimizer)`` on the server: the aggregate passes through
+    update transforms (clipping, noise, ...) before the optimizer steps with it. A transform
+    that draws randomness gets a seed derived from ``seed`` and the step."""
+
+    transforms: Chain
+    optimizer: ServerOptimizer
+    seed: int = 0
+
+    def init(self, params: torch.Tensor) -> ChainState:
+        return ChainState(self.transforms.init(), self.optimizer.init(params))
+
+    def apply(self, params: torch.Tensor, delta: torch.Tensor, state: ChainState, *,
+              consume: bool = False) -> tuple[torch.Tensor, ChainState]:
+        ctx = TransformContext(seed=derived_seed(self.seed, "server", state.step))
+        delta, inner = self.transforms.apply(delta, state.transforms, ctx)
+        params, opt = self.optimizer.apply(params, delta, state.optimizer, consume=consume)
+        return params, ChainState(inner, opt)

@@ -12,7 +12,8 @@ left out, to add it to the next round's update. The compression strings of the c
 (``"topk:0.1+q8"``) are sugar for these parts: :func:`uplink_chain` parses them.
 
 References:
-    Stich et al. 2018, "Sparsified SGD with Memory" (top-k, random-k, error feedback);
+    McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models"
+    (per-update L2 clipping); Stich et al. 2018, "Sparsified SGD with Memory" (top-k, random-k, error feedback);
     Karimireddy et al. 2019, "Error Feedback Fixes SignSGD and other Gradient Compression
     Schemes"; Alistarh et al. 2017, "QSGD" (stochastic quantization).
 """
@@ -63,6 +64,25 @@ class Chain:
 
 def chain(*parts: UpdateTransform) -> Chain:
     return Chain(tuple(parts))
+
+
+@dataclass(frozen=True)
+class ClipByNorm:
+    """u <- u * min(1, max_norm / ||u||_2); stateless. Bounds one contribution's L2 norm,
+    the sensitivity that client-level DP calibrates its noise to."""
+
+    max_norm: float
+
+    def init(self) -> None:
+        if not self.max_norm > 0:
+            raise ValueError(f"max_norm must be positive, got {self.max_norm}")
+
+    def apply(self, update: torch.Tensor, state: None,
+              ctx: TransformContext) -> tuple[torch.Tensor, None]:
+        norm = float(update.norm())
+        if norm <= self.max_norm:
+            return update, None
+        return update * (self.max_norm / norm), None
 
 
 @dataclass(frozen=True)
