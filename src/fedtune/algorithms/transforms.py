@@ -13,7 +13,8 @@ left out, to add it to the next round's update. The compression strings of the c
 
 References:
     McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models"
-    (per-update L2 clipping); Stich et al. 2018, "Sparsified SGD with Memory" (top-k, random-k, error feedback);
+    (per-update L2 clipping); Stich et al. 2018, "Sparsified SGD with Memory" (top-k,
+    random-k, error feedback);
     Karimireddy et al. 2019, "Error Feedback Fixes SignSGD and other Gradient Compression
     Schemes"; Alistarh et al. 2017, "QSGD" (stochastic quantization).
 """
