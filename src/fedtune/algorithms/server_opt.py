@@ -4,9 +4,9 @@ optax style: ``init(params) -> state`` and ``apply(params, delta, state) -> (par
 pure functions of tensors; :class:`WithTransforms` chains update transforms of the aggregate
 (:mod:`fedtune.algorithms.transforms`) in front of an optimizer. ``delta`` is the
 aggregated update direction (mean of local-minus-global), i.e. the negative
-pseudo-gradient, so plain FedAvg is ``sgd(lr=1)``. A caller that gives ``delta`` up passes ``consume=True``: an optimizer may then write the new
-parameters into its memory, so the step holds two model-size vectors instead of three
-(``params`` itself is never modified).
+pseudo-gradient, so plain FedAvg is ``sgd(lr=1)``. A caller that gives ``delta`` up passes
+``consume=True``: an optimizer may then write the new parameters into its memory, so the
+step holds two model-size vectors instead of three (``params`` itself is never modified).
 
 References:
     McMahan et al. 2017 (FedAvg); Hsu et al. 2019, "Measuring the Effects of Non-Identical
