@@ -168,6 +168,7 @@ def measure(size_mb: int, port: int, limit: int, rounds: int, sites_n: int = SIT
         for round_ in range(1, rounds + 1):
             runtime.received.clear()
             record = sync_round(coordinator, round_)
+            coordinator.writer.wait()  # the round's store writes run in the background
             assert not record.failed, record.failed
             rows = store.db.execute("SELECT wall_s FROM node_metrics WHERE run_id=? AND "
                                     "round=? AND phase='fit'", (run_id, round_)).fetchall()

@@ -1,7 +1,7 @@
 """Every name a config may use, held once, with what it names loaded only when used.
 
-Validating a config must not import torch (about 1.5 s): a typo in ``fedtune run --set ...``
-is reported at once. So each registry here maps a name to its one-line description and the
+Validating a config must not import torch (slow to import): a typo in ``fedtune run --set
+...`` is reported at once. So each registry here maps a name to its one-line description and the
 ``module:attribute`` of its code, and imports that code the first time the entry is looked
 up. The code itself holds no second list of names: a new strategy, aggregator, selector, dataset
 or partitioner is one function in its module plus one line here.

@@ -106,8 +106,8 @@ def serve(
 ) -> None:
     """Coordinate real sites over gRPC (they connect with 'fedtune join')."""
     # The coordinator idles while sites train: let OpenMP threads sleep instead of spinning
-    # (on a machine shared with sites, spinning took 6 ms of CPU per round from them in
-    # bench/grpc_rounds.py). Set before torch is imported.
+    # (spinning threads take CPU from sites on a shared machine; bench/grpc_rounds.py
+    # measures the coordinator's CPU by thread). Set before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if threads:
         import torch

@@ -25,7 +25,7 @@ MAX_TENSORS = 64
 MAX_RANK = 8
 
 
-class _Fields(BaseModel):
+class MessageFields(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
@@ -40,17 +40,17 @@ Config = Annotated[dict[Key, ConfigValue], Field(max_length=64)]
 Metrics = Annotated[dict[Key, Loss], Field(max_length=64)]
 
 
-class MeterFields(_Fields):
+class MeterFields(MessageFields):
     energy_method: Annotated[str, Field(max_length=64)] = ""
 
 
-class FitInsFields(_Fields):
+class FitInsFields(MessageFields):
     round: Round
     config: Config = {}
     encoding: Encoding = ""
 
 
-class FitResFields(_Fields):
+class FitResFields(MessageFields):
     node_id: NodeId
     round: Round
     num_examples: Annotated[int, Field(ge=1, le=MAX_COUNT)]
@@ -60,12 +60,12 @@ class FitResFields(_Fields):
     encoding: Encoding = ""
 
 
-class EvalInsFields(_Fields):
+class EvalInsFields(MessageFields):
     round: Round
     config: Config = {}
 
 
-class EvalResFields(_Fields):
+class EvalResFields(MessageFields):
     node_id: NodeId
     round: Round
     num_examples: Count
@@ -73,7 +73,7 @@ class EvalResFields(_Fields):
     meter: MeterFields = MeterFields()
 
 
-FIELDS: dict[str, type[_Fields]] = {"FitIns": FitInsFields, "FitRes": FitResFields,
+FIELDS: dict[str, type[MessageFields]] = {"FitIns": FitInsFields, "FitRes": FitResFields,
                                     "EvalIns": EvalInsFields, "EvalRes": EvalResFields}
 
 # The tensors each message may carry: name -> (dtype, rank) with None for "any of the wire's
@@ -154,3 +154,11 @@ def check_table(kind: str, table: Any, dtypes: dict[str, torch.dtype]) -> list[T
     if missing:
         raise MessageError(f"a {kind} must carry the tensor(s) {', '.join(sorted(missing))}")
     return rows
+
+
+def declare(kind: str, fields: type[MessageFields],
+            tensors: dict[str, tuple[torch.dtype | None, int | None]],
+            required: set[str]) -> None:
+    """Declare one more message kind's scalar fields and tensors (a new protocol stage);
+    :func:`fedtune.wire.register_message` calls this."""
+    FIELDS[kind], TENSORS[kind], REQUIRED[kind] = fields, dict(tensors), set(required)

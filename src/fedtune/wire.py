@@ -29,15 +29,30 @@ import numpy as np
 import torch
 
 from .errors import MessageError
-from .message_schema import check_fields, check_table
+from .message_schema import MessageFields, check_fields, check_table, declare
 from .types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
 
 MAGIC = b"FTW1"
-MESSAGES = {c.__name__: c for c in (FitIns, FitRes, EvalIns, EvalRes)}
+MESSAGES: dict[str, type] = {c.__name__: c for c in (FitIns, FitRes, EvalIns, EvalRes)}
+REPLIES: set[type] = {FitRes, EvalRes}  # the kinds a node answers with (each has a node_id)
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 1 << 20
+
+
+def register_message(cls: type, *, fields: type[MessageFields],
+                     tensors: dict[str, tuple[torch.dtype | None, int | None]],
+                     required: set[str] | None = None, reply: bool = False) -> None:
+    """Make a dataclass travel as a message of its own kind (a new protocol stage, such as
+    secure aggregation's key exchange): ``fields`` declares its scalar fields, ``tensors``
+    its tensors (name -> (dtype, rank); ``aux.<key>`` for entries of an ``aux`` dict), and
+    ``required`` the tensors it must carry; ``reply`` marks a node's answer (its fields
+    include ``node_id``). Every runtime then moves it unchanged."""
+    MESSAGES[cls.__name__] = cls
+    if reply:
+        REPLIES.add(cls)
+    declare(cls.__name__, fields, tensors, required or set())
 
 
 def _parts(msg: Any) -> tuple[bytes, list[torch.Tensor]]:

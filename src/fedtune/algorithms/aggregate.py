@@ -129,7 +129,9 @@ class WeightedMean:
         total = sum(state.weights)
         if not state.weights or total <= 0:
             raise ValueError("cannot aggregate zero updates (or weights summing to zero)")
-        return state.sum.scaled(state.nova(total) / total)
+        out = state.sum.scaled(state.nova(total) / total)
+        state.sum = WeightedSum()  # the state lets go: the caller may consume the result
+        return out
 
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         _check(updates, weights)
@@ -167,7 +169,9 @@ class FixedMean:
     def finish(self, state: SumState) -> torch.Tensor:
         if not state.weights:
             raise ValueError("cannot aggregate zero updates")
-        return state.sum.scaled(state.nova(sum(state.weights)) / self.denominator)
+        out = state.sum.scaled(state.nova(sum(state.weights)) / self.denominator)
+        state.sum = WeightedSum()  # the state lets go: the caller may consume the result
+        return out
 
 
 @dataclass(frozen=True)

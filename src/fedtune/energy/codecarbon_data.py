@@ -1,7 +1,7 @@
 """Paths to the data files CodeCarbon maintains, found without importing CodeCarbon.
 
-Importing ``codecarbon`` pulls in its tracker, pandas and more (~0.2 s); we only read two of
-its data files.
+Importing ``codecarbon`` pulls in its tracker, pandas and more; we only read two of its
+data files.
 """
 
 from __future__ import annotations

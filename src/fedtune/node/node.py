@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from ..algorithms.compression import unpack_vector
 from ..data.federated import NodeData
 from ..energy import EnergyMeter
+from ..errors import MessageError
 from ..params import FlatModel
 from ..seeds import derived_seed
 from ..task import Task
@@ -94,6 +96,15 @@ class Node:
         self.last_fit_round = int(saved["last_fit_round"])
         self._state_before_last_fit = saved["before"]
 
+    def answer(self, ins: Any, bench: Workbench) -> Any:
+        """Answer any instruction: fit, evaluate, or a stage registered with
+        :func:`register_stage` (every runtime hands its messages here)."""
+        handler = STAGES.get(type(ins))
+        if handler is None:
+            raise MessageError(f"a node cannot answer a {type(ins).__name__}; it answers "
+                               f"{', '.join(sorted(c.__name__ for c in STAGES))}")
+        return handler(self, ins, bench)
+
     def fit(self, ins: FitIns, bench: Workbench) -> FitRes:
         """Train on this node's data from ``ins.params``, between the round's hooks.
 
@@ -162,3 +173,14 @@ class Node:
             metrics.update({f"{k}_personalized": v for k, v in tuned.items()})
         return EvalRes(self.node_id, ins.round, int(d.x_test.shape[0]), metrics,
                        self._metered(wall0, cpu0, token))
+
+
+Stage = Callable[[Node, Any, Workbench], Any]
+STAGES: dict[type, Stage] = {FitIns: Node.fit, EvalIns: Node.evaluate}
+
+
+def register_stage(instruction: type, handler: Stage) -> None:
+    """Let nodes answer one more kind of instruction (a protocol stage of a new round
+    driver): ``handler(node, instruction, bench)`` returns the reply message. Register the
+    messages with :func:`fedtune.wire.register_message` too."""
+    STAGES[instruction] = handler

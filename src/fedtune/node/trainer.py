@@ -14,7 +14,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,7 +25,9 @@ from ..task import LossFn
 
 @dataclass(frozen=True)
 class LocalPlan:
-    """How a node fine-tunes in one round. ``steps > 0`` overrides ``epochs``."""
+    """How a node fine-tunes in one round. ``steps > 0`` overrides ``epochs``. Read from a
+    message by :class:`fedtune.node.instructions.NodeInstructions`, which refuses unknown
+    keys."""
 
     epochs: float = 1.0
     steps: int = 0
@@ -37,11 +39,6 @@ class LocalPlan:
     prox_mu: float = 0.0
     max_grad_norm: float = 0.0
     keep_optimizer_state: bool = False
-
-    @staticmethod
-    def from_config(config: dict[str, Any]) -> LocalPlan:
-        names = {f.name for f in fields(LocalPlan)}
-        return LocalPlan(**{k: v for k, v in config.items() if k in names})
 
     def num_steps(self, num_examples: int) -> int:
         if self.steps > 0:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
@@ -28,7 +28,7 @@ from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeFailure
 class Reply:
     """One node's answer and what it cost on the wire."""
 
-    result: FitRes | EvalRes | NodeFailure
+    result: FitRes | EvalRes | NodeFailure | Any  # Any: a registered stage's reply
     bytes_down: int
     bytes_up: int
 
@@ -72,6 +72,12 @@ class Runtime(Protocol):
 
     def wait_for_nodes(self, count: int) -> list[str]:
         """Block until ``count`` nodes are ready (``nodes_join``); the ready nodes."""
+        ...
+
+    def exchange(self, node_ids: Sequence[str], ins: Any) -> Iterator[Reply]:
+        """Send one instruction of any registered kind to ``node_ids`` and yield their
+        replies as they come (:meth:`fit` and :meth:`evaluate` are this for FitIns and
+        EvalIns; a new round driver's stages use it directly)."""
         ...
 
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]: ...

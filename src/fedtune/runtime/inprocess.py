@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import traceback
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,12 +53,11 @@ class InProcessRuntime:
     def take_late(self) -> list[tuple[FitRes, int]]:
         return []  # nothing is ever late in one process
 
-    def _call(self, node_id: str, ins: FitIns | EvalIns, down: int | None = None) -> Reply:
+    def _call(self, node_id: str, ins: Any, down: int | None = None) -> Reply:
         down = encoded_size(ins) if down is None else down
         node = self.nodes[node_id]
         try:
-            result = node.fit(ins, self.bench) if isinstance(ins, FitIns) else \
-                node.evaluate(ins, self.bench)
+            result = node.answer(ins, self.bench)
         except FedtuneError as exc:
             return Reply(NodeFailure(node_id, ins.round, str(exc)), down, 0)
         except Exception as exc:  # a user's train_fn or model failed on this node's data
@@ -66,15 +66,16 @@ class InProcessRuntime:
             return Reply(NodeFailure(node_id, ins.round, reason), down, 0)
         return Reply(result, down, encoded_size(result))
 
-    def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
+    def exchange(self, node_ids: Sequence[str], ins: Any) -> Iterator[Reply]:
         down = encoded_size(ins)  # one broadcast, one size
         for node_id in node_ids:
             yield self._call(node_id, ins, down)
 
+    def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
+        return self.exchange(node_ids, ins)
+
     def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]:
-        down = encoded_size(ins)
-        for node_id in node_ids:
-            yield self._call(node_id, ins, down)
+        return self.exchange(node_ids, ins)
 
     def submit(self, node_id: str, ins: FitIns) -> None:
         """Asynchronous mode: the node trains now on ``ins``; its reply is released when the

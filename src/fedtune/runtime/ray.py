@@ -44,8 +44,7 @@ class _NodeHost:
     def call(self, node_id: str, payload: bytes) -> bytes:
         ins = decode(payload)
         node = self.nodes[node_id]
-        res = node.fit(ins, self.bench) if isinstance(ins, FitIns) else \
-            node.evaluate(ins, self.bench)
+        res = node.answer(ins, self.bench)
         return encode(res)
 
 
@@ -111,7 +110,7 @@ class RayRuntime:
     def drain(self) -> None:
         return None
 
-    def _dispatch(self, node_ids: Sequence[str], ins: FitIns | EvalIns) -> Iterator[Reply]:
+    def exchange(self, node_ids: Sequence[str], ins: Any) -> Iterator[Reply]:
         payload = encode(ins)
         ref = self.ray.put(payload)
         pending = {self._where[n].call.remote(n, ref): n for n in node_ids}
@@ -127,10 +126,10 @@ class RayRuntime:
             yield Reply(decode(data), len(payload), len(data))
 
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
-        return self._dispatch(node_ids, ins)
+        return self.exchange(node_ids, ins)
 
     def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]:
-        return self._dispatch(node_ids, ins)
+        return self.exchange(node_ids, ins)
 
     def close(self) -> None:
         for host in self._hosts:

@@ -28,7 +28,7 @@ import grpc
 
 from ...config import ServerSection
 from ...errors import FedtuneError, MessageError
-from ...types import EvalRes, FitRes
+from ...wire import REPLIES
 from . import SCHEMA_VERSION
 from .gate import SMALL_MESSAGE, UploadGate
 from .late import LateUpdates
@@ -231,7 +231,7 @@ class SiteConnections:
                     if done is None:
                         continue
                     result = decode_assembly(done)
-                    if not isinstance(result, FitRes | EvalRes) or result.node_id != sess.site:
+                    if type(result) not in REPLIES or result.node_id != sess.site:
                         raise MessageError(f"expected a result of site {sess.site!r}, got "
                                            f"{type(result).__name__} of "
                                            f"{getattr(result, 'node_id', '?')!r:.40}")

@@ -24,9 +24,9 @@ or answers late) then costs the others that much time, not the round. The coordi
 spills such an early update to disk until its turn in the fold.
 
 Within a round, a freed buffer takes the next upload of the same size: its memory is already
-touched, where fresh memory costs page faults (on this VM up to 3 s per GB, when the host has
-taken freed memory back). The round's end frees the spare, so between rounds the coordinator
-holds none.
+touched, where fresh memory costs page faults (when the host has taken freed memory
+back; bench/transfer.py measures what that costs). The round's end frees the spare, so
+between rounds the coordinator holds none.
 """
 
 from __future__ import annotations

@@ -113,11 +113,17 @@ class GrpcRuntime:
                 self.lock.wait(timeout=left)
         return self.node_ids
 
+    def exchange(self, node_ids: Sequence[str], ins: Any) -> Iterator[Reply]:
+        # the chunk kind sites answer: fit and evaluate by name, any registered stage as "task"
+        kind = "fit" if isinstance(ins, FitIns) else "evaluate" if isinstance(ins, EvalIns) \
+            else "task"
+        return self._dispatch(kind, node_ids, ins)
+
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
-        return self._dispatch("fit", node_ids, ins)
+        return self.exchange(node_ids, ins)
 
     def evaluate(self, node_ids: Sequence[str], ins: EvalIns) -> Iterator[Reply]:
-        return self._dispatch("evaluate", node_ids, ins)
+        return self.exchange(node_ids, ins)
 
     # -- asynchronous mode: tasks without a round barrier ----------------------------------
     def submit(self, node_id: str, ins: FitIns) -> None:
@@ -170,8 +176,7 @@ class GrpcRuntime:
         self.server.stop(grace=5 if final else 0).wait()
 
     # -- dispatch ------------------------------------------------------------------------
-    def _dispatch(self, kind: str, node_ids: Sequence[str], ins: FitIns | EvalIns,
-                  ) -> Iterator[Reply]:
+    def _dispatch(self, kind: str, node_ids: Sequence[str], ins: Any) -> Iterator[Reply]:
         views = encode_views(ins)
         down = sum(len(v) for v in views)
         waiting: dict[int, str] = {}

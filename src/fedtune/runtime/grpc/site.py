@@ -28,7 +28,7 @@ from ...data.federated import NodeData
 from ...errors import FedtuneError, MessageError
 from ...node.node import Node, Workbench
 from ...task import Task
-from ...types import EvalIns, FitIns
+from ...types import FitIns
 from .security import read_file
 from .transfer import MAX_FRAME_BYTES, Assembler, control_chunk, decode_assembly, message_chunks, open_session
 
@@ -140,14 +140,10 @@ class Site:
 
     def _answer(self, msg: Any) -> Any:
         assert self.node is not None and self.bench is not None
-        if isinstance(msg, FitIns):
-            res = self.node.fit(msg, self.bench)
-            if self.state_path is not None:
-                self.node.save_state(self.state_path)
-            return res
-        if isinstance(msg, EvalIns):
-            return self.node.evaluate(msg, self.bench)
-        raise MessageError(f"a site cannot answer a {type(msg).__name__}")
+        result = self.node.answer(msg, self.bench)
+        if isinstance(msg, FitIns) and self.state_path is not None:
+            self.node.save_state(self.state_path)
+        return result
 
     def session(self) -> bool:
         """One connection. Returns True when the run ended, False to reconnect."""
@@ -181,7 +177,7 @@ class Site:
                         log.warning("coordinator says: %s", chunk.text)
                         if chunk.task_id == 0:
                             raise Refused(chunk.text)
-                    elif chunk.kind in ("fit", "evaluate"):
+                    elif chunk.kind in ("fit", "evaluate", "task"):
                         done = assembler.add(chunk)
                         if done is None:
                             continue
