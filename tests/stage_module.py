@@ -1,6 +1,6 @@
 """A protocol stage that is not fit or evaluate, added from outside fedtune's runtimes: the
 coordinator asks each node for its training-label counts (what a hidden-bias audit reads).
-Importing this module registers the stage; sites import it through ``--task``."""
+:func:`register` teaches a process the stage; sites call it through ``--task``."""
 
 from __future__ import annotations
 
@@ -44,14 +44,18 @@ def count_labels(node: Node, ins: CountLabels, bench: Workbench) -> LabelCounts:
                        torch.bincount(node.data.y_train, minlength=ins.num_classes))
 
 
-register_message(CountLabels, fields=CountLabelsFields, tensors={})
-register_message(LabelCounts, fields=LabelCountsFields, tensors={"counts": (torch.int64, 1)},
-                 required={"counts"}, reply=True)
-register_stage(CountLabels, count_labels)
+def register() -> None:
+    """Teach this process the stage: its two messages and the node's handler."""
+    register_message(CountLabels, fields=CountLabelsFields, tensors={})
+    register_message(LabelCounts, fields=LabelCountsFields,
+                     tensors={"counts": (torch.int64, 1)}, required={"counts"}, reply=True)
+    register_stage(CountLabels, count_labels)
 
 
 def build(cfg: object) -> Task:
-    """The config's bundled task (what --task names, so that the site imports this module)."""
+    """The config's bundled task; a site given ``--task tests.stage_module:build`` learns the
+    stage as it builds it."""
     from fedtune.tasks import build_task
 
+    register()
     return build_task(cfg)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -94,10 +95,21 @@ def test_run_matches_its_pin(name, tmp_path):
     assert digest == pinned().get(name), f"{name}: the run's numbers changed"
 
 
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for both Ray cases (the runtime uses it and leaves it up)."""
+    ray = pytest.importorskip("ray")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local instance
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2,
+             _temp_dir=tempfile.mkdtemp(prefix="fedtune-ray-", dir="/tmp"))
+    yield ray
+    ray.shutdown()
+    mp.undo()
+
+
 @pytest.mark.parametrize("name", ["fedyogi", "fednova-steps"])
-def test_ray_run_matches_the_same_pin(name, tmp_path, monkeypatch):
-    pytest.importorskip("ray")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local instance
+def test_ray_run_matches_the_same_pin(name, tmp_path, ray_instance):
     digest = run_case(name, tmp_path / "ws", 'runtime.kind="ray"', "runtime.ray_actors=2",
                       "runtime.ray_cpus_per_actor=0.5")
     assert digest == pinned()[name]

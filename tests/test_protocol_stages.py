@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 import torch
 
+from fedtune import message_schema as schema
+from fedtune import wire
 from fedtune.energy import EnergyMeter
+from fedtune.node import node as node_module
 from fedtune.node.node import Node, Workbench
 from fedtune.runtime.inprocess import InProcessRuntime
 from fedtune.tasks import build_task
@@ -15,7 +19,21 @@ from fedtune.types import NodeFailure
 
 from .conftest import FEDTUNE, ROOT, small_config
 from .deployment import make_runtime
-from .stage_module import CountLabels, LabelCounts
+from .stage_module import CountLabels, LabelCounts, register
+
+
+@pytest.fixture(autouse=True)
+def stage():
+    """The stage is registered for each test and forgotten after, so that the message set
+    other tests see is fedtune's own."""
+    saved = (dict(wire.MESSAGES), set(wire.REPLIES), dict(schema.FIELDS), dict(schema.TENSORS),
+             dict(schema.REQUIRED), dict(node_module.STAGES))
+    register()
+    yield
+    for live, old in zip((wire.MESSAGES, wire.REPLIES, schema.FIELDS, schema.TENSORS,
+                          schema.REQUIRED, node_module.STAGES), saved, strict=True):
+        live.clear()
+        live.update(old)
 
 
 def test_a_registered_stage_runs_in_process():
