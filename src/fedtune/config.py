@@ -19,6 +19,7 @@ from .catalog import (
     DATASET_NAMES,
     PARTITION_NAMES,
     SELECTOR_NAMES,
+    STRATEGIES,
     STRATEGY_NAMES,
 )
 from .errors import ConfigError
@@ -237,6 +238,28 @@ class RunConfig(Section):
     compression: CompressionSection = CompressionSection()
     server: ServerSection = ServerSection()
     runtime: RuntimeSection = RuntimeSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_defaults(cls, data: Any) -> Any:
+        """The strategy's own defaults for keys the user did not set (SCAFFOLD's plain local
+        SGD). A stored config has every key set, so a resumed run keeps what it ran with."""
+        if not isinstance(data, dict):
+            return data
+        strategy = data.get("strategy", {})
+        name = strategy.get("name", "fedavg") if isinstance(strategy, dict) else \
+            getattr(strategy, "name", "fedavg")
+        if name not in STRATEGY_NAMES:
+            return data  # the strategy section's own check names the problem
+        out = dict(data)
+        for key, value in STRATEGIES.defaults(name).items():
+            section_name, _, field = key.partition(".")
+            section = out.get(section_name, {})
+            if isinstance(section, dict):
+                out[section_name] = {field: value, **section}
+            elif isinstance(section, BaseModel) and field not in section.model_fields_set:
+                out[section_name] = section.model_copy(update={field: value})
+        return out
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
