@@ -175,12 +175,14 @@ def join(
 
         torch.set_num_threads(threads)
     from .runtime.grpc.security import token_for
-    from .runtime.grpc.site import Site, SiteOptions
+    from .runtime.grpc.site import Site, SiteOptions, read_site_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if token_file and not token:
             token = token_for(token_file, site)
+        if not data.startswith("partition:"):
+            read_site_file(data, site)  # a broken file is refused before connecting
         Site(SiteOptions(server=server, site=site, data=data, token=token, ca=ca, cert=cert,
                          key=key, state_dir=state_dir, task=task, max_attempts=max_attempts,
                          device=device)).run()

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .data.checks import check_federation, check_split, checked_labels
 from .data.federated import FederatedData, NodeData
+from .errors import DataError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
@@ -41,21 +43,37 @@ class Task:
     name: str = "custom"
 
 
-def _as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_tensors(data: Any, owner: str = "", split: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Features as float32 (token ids stay integers) and labels as given; a DataError names
+    ``owner`` and ``split`` when the data is not (x, y) arrays."""
+    where = f"{owner}: {split} data" if owner else "data"
     if isinstance(data, tuple) and len(data) == 2:
-        return torch.as_tensor(data[0], dtype=torch.float32), torch.as_tensor(data[1])
+        try:
+            x, y = torch.as_tensor(data[0]), torch.as_tensor(data[1])
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataError(f"{where} is not numeric arrays ({exc}); give (features, labels) "
+                            "as numpy arrays or tensors") from None
+        return x.to(torch.float32), y
     if isinstance(data, torch.utils.data.Dataset):
         items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
         return (torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in items]),
-                torch.as_tensor([int(y) for _, y in items]))
-    raise TypeError("node data must be a (features, labels) tuple or a map-style Dataset")
+                torch.as_tensor([y.item() if isinstance(y, torch.Tensor) else y
+                                 for _, y in items]))
+    raise DataError(f"{where} must be a (features, labels) tuple or a map-style Dataset, "
+                    f"got {type(data).__name__}")
 
 
 def node_data(node_id: str, train: Any, test: Any) -> NodeData:
-    """Node data from ``(x, y)`` tuples or datasets; kept as tensors for fast batching."""
-    xtr, ytr = _as_tensors(train)
-    xte, yte = _as_tensors(test)
-    return NodeData(node_id, xtr, ytr.long(), xte, yte.long())
+    """Node data from ``(x, y)`` tuples or datasets; kept as tensors for fast batching.
+    Checked at the door (:mod:`fedtune.data.checks`): one line names the site and the
+    array."""
+    owner = f"site {node_id!r}"
+    xtr, ytr = _as_tensors(train, owner, "train")
+    xte, yte = _as_tensors(test, owner, "test")
+    ytr, yte = checked_labels(owner, "y_train", ytr), checked_labels(owner, "y_test", yte)
+    check_split(owner, "train", xtr, ytr)
+    check_split(owner, "test", xte, yte, allow_empty=True)
+    return NodeData(node_id, xtr, ytr, xte, yte)
 
 
 def make_task(model_factory: Callable[[], nn.Module], nodes: Mapping[str, tuple[Any, Any]],
@@ -64,12 +82,16 @@ def make_task(model_factory: Callable[[], nn.Module], nodes: Mapping[str, tuple[
               train_fn: TrainFn | None = None, name: str = "custom") -> Task:
     """Build a :class:`Task` from your own model and per-site ``(train, test)`` data."""
     node_list: Sequence[NodeData] = [node_data(k, tr, te) for k, (tr, te) in nodes.items()]
-    xte, yte = _as_tensors(test)
+    xte, yte = _as_tensors(test, "the test set", "test")
+    yte = checked_labels("the test set", "y_test", yte)
     if central is not None:
-        xc, yc = _as_tensors(central)
+        xc, yc = _as_tensors(central, "the central split", "central")
+        yc = checked_labels("the central split", "y", yc)
     else:
         xc, yc = xte[:0], yte[:0]
-    classes = num_classes or int(max(int(n.y_train.max()) for n in node_list) + 1)
+    classes = check_federation(
+        [(n.node_id, n.x_train, n.y_train, n.x_test, n.y_test) for n in node_list], xte, yte,
+        num_classes)
     fd = FederatedData(name, classes, tuple(xte.shape[1:]), list(node_list), xte, yte.long(),
                        xc, yc.long())
     return Task(model_factory, fd, loss_fn, metrics_fn, train_fn, name)

@@ -25,7 +25,7 @@ import grpc
 
 from ...config import config_from_dict
 from ...data.federated import NodeData
-from ...errors import FedtuneError, MessageError
+from ...errors import DataError, FedtuneError, MessageError
 from ...node.node import Node, Workbench
 from ...task import Task
 from ...types import FitIns
@@ -62,8 +62,6 @@ def load_site_data(spec: str, site: str, task: Task) -> NodeData:
     """The site's private data: ``partition:NODE`` (that node of the task's data: the
     config's bundled dataset split as in simulation, or a custom task's own node) or a
     ``.npz`` file with x_train, y_train, x_test, y_test."""
-    import numpy as np
-    import torch
 
     if spec.startswith("partition:"):
         wanted = spec.split(":", 1)[1] or site
@@ -72,6 +70,16 @@ def load_site_data(spec: str, site: str, task: Task) -> NodeData:
             raise FedtuneError(f"--data {spec!r}: the config's partition has no node {wanted!r}; "
                                f"it has {', '.join(sorted(nodes)[:5])}...")
         return nodes[wanted]
+    return read_site_file(spec, site)
+
+
+def read_site_file(spec: str, site: str) -> NodeData:
+    """A site's ``.npz`` (x_train, y_train, x_test, y_test), checked at the door
+    (:mod:`fedtune.data.checks`): ``join`` reads it before it connects."""
+    import numpy as np
+
+    from ...task import node_data
+
     path = Path(spec)
     if not path.is_file():
         raise FedtuneError(f"--data {spec!r} is neither partition:NODE nor an existing .npz file")
@@ -81,9 +89,7 @@ def load_site_data(spec: str, site: str, task: Task) -> NodeData:
     except (OSError, ValueError, KeyError) as exc:
         raise FedtuneError(f"--data {spec!r}: need an .npz with x_train, y_train, x_test, "
                            f"y_test ({exc})") from None
-    return NodeData(site, torch.as_tensor(parts[0], dtype=torch.float32),
-                    torch.as_tensor(parts[1]).long(), torch.as_tensor(parts[2], dtype=torch.float32),
-                    torch.as_tensor(parts[3]).long())
+    return node_data(site, (parts[0], parts[1]), (parts[2], parts[3]))
 
 
 class Site:
@@ -127,6 +133,11 @@ class Site:
 
             task = build_task(cfg)
         data = load_site_data(self.o.data, self.o.site, task)
+        if tuple(data.x_train.shape[1:]) != tuple(task.data.input_shape):
+            raise DataError(f"site {self.o.site!r}: --data {self.o.data!r} has feature shape "
+                            f"{tuple(data.x_train.shape[1:])} but the run's model takes "
+                            f"{tuple(task.data.input_shape)}; give the run's features in its "
+                            "order")
         device = resolve_device(self.o.device)
         self.bench = Workbench.create(task, device, cfg.run.seed)
         meter, co2 = make_meter(cfg)
