@@ -26,13 +26,14 @@ import sqlite3
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
 from .store_files import database_errors, read_verified, write_safetensors
 from .types import NodeRoundRecord, RoundRecord, RunResult
+
+if TYPE_CHECKING:  # torch is imported by what runs, not to list runs
+    import torch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -15,11 +15,12 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import StoreError
+
+if TYPE_CHECKING:  # torch is imported by what runs, not to list runs
+    import torch
 
 F = TypeVar("F", bound=Callable[..., Any])
 IN_MEMORY_BYTES = 32 * 2**20  # files up to this size are built and hashed in memory

@@ -9,9 +9,11 @@ reports. Every measured quantity carries its unit in its field name (``_s``, ``_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported by what runs, not to list runs
+    import torch
+
 
 Scalar = int | float | str | bool
 
