@@ -66,18 +66,26 @@ def run(
     if output not in ("table", "json"):
         _fail(FedtuneError(f"--output {output!r}: use table or json"))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    # a bar on a terminal; elsewhere (a log file, CI) a plain line every tenth of the run
+    lines = not quiet and not err.is_terminal
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("{task.fields[acc]}"),
-                        TimeElapsedColumn(), console=err, disable=quiet)
+                        TimeElapsedColumn(), console=err, disable=quiet or lines)
     bars: list[Any] = []
+    every = [1]
 
     def on_start(run_id: str, rounds: int) -> None:
         progress.start()  # only once set-up succeeded, so errors stay on one line
         bars.append(progress.add_task(f"run {run_id}", total=rounds, acc=""))
+        every[0] = max(1, rounds // 10)
+        if lines:
+            err.print(f"run {run_id}: {rounds} rounds", highlight=False)
 
     def on_round(rec: Any) -> None:
         acc = "" if rec.test_accuracy is None else f"acc {rec.test_accuracy:.4f}"
         progress.update(bars[0], advance=1, acc=acc)
+        if lines and (rec.round % every[0] == 0 or rec.round == cfg.run.rounds):
+            err.print(f"round {rec.round}/{cfg.run.rounds} {acc}".rstrip(), highlight=False)
 
     try:
         cfg = load_config(config, set_ or [])  # before importing torch: typos fail at once
@@ -218,13 +226,16 @@ def runs(workspace: WorkspaceOpt = ".fedtune") -> None:
     """List the runs stored in a workspace."""
     store = _open_store(workspace)
     table = Table(title=f"runs in {store.path}")
-    for col in ("run", "name", "status", "rounds", "last accuracy"):
-        table.add_column(col)
     try:
         listed = store.list_runs()
     except FedtuneError as exc:
         _fail(exc)
         return
+    # a run id is never cut (it is what `show` and `export` take); other columns fold
+    table.add_column("run", no_wrap=True,
+                     min_width=max((len(r["run_id"]) for r in listed), default=3))
+    for col in ("name", "status", "rounds", "last accuracy"):
+        table.add_column(col, overflow="fold")
     for r in listed:
         acc = "" if r["last_accuracy"] is None else f"{r['last_accuracy']:.4f}"
         table.add_row(r["run_id"], r["name"], r["status"],
@@ -290,7 +301,8 @@ def show(run_id: Annotated[str, typer.Argument(help="run id, unique prefix, or '
 
 @app.command()
 def export(run_id: Annotated[str, typer.Argument(help="run id, unique prefix, or 'last'")],
-           out_path: Annotated[Path, typer.Option("--out", help="file (json) or folder (csv)")],
+           out_path: Annotated[str, typer.Option(
+               "--out", help="json: a file, a folder or - (standard output); csv: a folder")] = "-",
            fmt: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
            workspace: WorkspaceOpt = ".fedtune") -> None:
     """Export a stored run to JSON or CSV."""

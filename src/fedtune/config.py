@@ -252,6 +252,12 @@ class RunConfig(Section):
         if name not in STRATEGY_NAMES:
             return data  # the strategy section's own check names the problem
         out = dict(data)
+        run = out.get("run", {})
+        if isinstance(run, dict) and "name" not in run:  # a name that says what runs
+            d = out.get("data", {})
+            d = d if isinstance(d, dict) else d.model_dump()
+            skew = "iid" if d.get("partition", "dirichlet") == "iid" else "noniid"
+            out["run"] = {**run, "name": f"{d.get('dataset', 'digits')}-{skew}"}
         for key, value in STRATEGIES.defaults(name).items():
             section_name, _, field = key.partition(".")
             section = out.get(section_name, {})

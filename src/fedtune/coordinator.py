@@ -90,6 +90,7 @@ class Coordinator:
         self.selector: Selector = SELECTORS.load(s.selection)(
             fraction=s.fraction, count=s.count, min_nodes=s.min_nodes)
         self.health = RunHealth()
+        self.warned_count = False  # strategy.count above the sites is said once
         self.writer = RoundWriter()  # each round's store writes, beside the next round
         self.unchanged_because: str | None = None  # set by step for close_round
         data = bench.task.data
@@ -109,7 +110,7 @@ class Coordinator:
         joules = self.meter.stop(token, cpu)
         return NodeRoundRecord(round_, SERVER, phase, examples, 0, float("nan"),
                                time.perf_counter() - wall0, cpu, 0, 0, joules,
-                               joules * self.co2_per_joule, self.meter.method)
+                               joules * self.co2_per_joule, self.meter.code)
 
     def central_train(self, round_: int, steps: int) -> int:
         c = self.cfg.central
@@ -132,7 +133,13 @@ class Coordinator:
     # -- one round -----------------------------------------------------------------------
     def select(self, round_: int) -> list[str]:
         """The nodes that train in ``round_`` (seeded, the same in every runtime)."""
-        return self.selector.select(self.runtime.node_ids, round_, self.cfg.run.seed)
+        nodes = self.runtime.node_ids
+        count = self.cfg.strategy.count
+        if count > len(nodes) and not self.warned_count:
+            self.warned_count = True
+            log.warning("strategy.count = %d but %d sites take part: every round takes all "
+                        "of them; lower strategy.count or add sites", count, len(nodes))
+        return self.selector.select(nodes, round_, self.cfg.run.seed)
 
     def instruction(self, round_: int) -> FitIns:
         """What every node asked in ``round_`` receives: the global model (compressed when

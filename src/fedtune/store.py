@@ -306,7 +306,8 @@ class RunStore:
     @database_errors
     def list_runs(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT r.*, (SELECT COUNT(*) FROM rounds WHERE run_id=r.run_id) AS rounds_done, "
+            "SELECT r.*, (SELECT COUNT(*) FROM rounds WHERE run_id=r.run_id AND round >= 1) "
+            "AS rounds_done, "
             "(SELECT test_accuracy FROM rounds WHERE run_id=r.run_id AND test_accuracy IS NOT "
             "NULL ORDER BY round DESC LIMIT 1) AS last_accuracy FROM runs r ORDER BY created"
         ).fetchall()
@@ -353,14 +354,32 @@ class RunStore:
                 "rounds": rounds, "node_metrics": nodes, "node_evals": evals,
                 "checkpoints": ckpts}
 
-    def export(self, run: str, fmt: str, out: Path) -> list[Path]:
-        """Write a run as one JSON file, or as CSV files (rounds, node metrics, node evals)."""
-        data = self.load_run(run)
-        if fmt == "json":
-            out.write_text(json.dumps(data, indent=2))
-            return [out]
-        if fmt != "csv":
+    def export(self, run: str, fmt: str, out: Path | str) -> list[Path]:
+        """Write a run as one JSON file (``out`` a file, a folder, or ``-`` for standard
+        output, which returns no path) or as CSV files in the folder ``out`` (rounds, node
+        metrics, node evals)."""
+        if fmt not in ("json", "csv"):
             raise StoreError(f"export format {fmt!r} is unknown; use json or csv")
+        data = self.load_run(run)
+        if str(out) == "-":
+            if fmt == "csv":
+                raise StoreError("CSV export writes three files; give a folder with --out")
+            print(json.dumps(data, indent=2))
+            return []
+        out = Path(out)
+        try:
+            if fmt == "json":
+                if out.is_dir() or str(out).endswith(("/", os.sep)):
+                    out = out / f"{data['run_id']}.json"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(data, indent=2))
+                return [out]
+            return self._export_csv(data, out)
+        except OSError as exc:
+            raise StoreError(f"cannot write the export to {out} ({exc.strerror or exc}); "
+                             "choose another --out") from None
+
+    def _export_csv(self, data: dict[str, Any], out: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for table in ("rounds", "node_metrics", "node_evals"):

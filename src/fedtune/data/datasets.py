@@ -13,6 +13,8 @@ References:
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -99,5 +101,12 @@ def load_dataset(name: str, seed: int, **options: float) -> Dataset:
     if name not in DATASETS:
         raise DataError(f"data.dataset = {name!r} is not bundled; choose one of "
                         f"{', '.join(sorted(DATASETS))}")
-    dataset: Dataset = DATASETS.load(name)(seed, **options)
+    loader = DATASETS.load(name)
+    known = sorted(p.name for p in inspect.signature(loader).parameters.values()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DataError(f"data.options has {unknown[0]!r}, which dataset {name!r} does not "
+                        f"take; its options: {', '.join(known) or 'none'}")
+    dataset: Dataset = loader(seed, **options)
     return dataset

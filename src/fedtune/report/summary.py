@@ -37,6 +37,7 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "energy_j": result.total_energy_j,
         "co2_g": result.total_co2_g,
         "energy_method": result.energy_method,
+        "energy_source": result.extra.get("energy_source", result.energy_method),
         "wall_s": result.wall_s,
     })
     return summary
@@ -68,7 +69,8 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
     jain_p = "n/a" if p["jain_index"] is None else f"{p['jain_index']:.4f}"
     table.add_row("fairness (Jain's index)", f"global {jain_g}, fine-tuned {jain_p}")
     table.add_row("bytes", f"down {_mb(summary['bytes_down'])}, up {_mb(summary['bytes_up'])}")
-    table.add_row("energy", f"{summary['energy_j']:,.1f} J ({summary['energy_method']})")
+    source = summary.get("energy_source", summary["energy_method"])
+    table.add_row("energy", f"{summary['energy_j']:,.1f} J ({source})")
     table.add_row("CO2", f"{summary['co2_g']:.4f} g CO2e")
     table.add_row("time", f"{summary['wall_s']:.2f} s")
     return table

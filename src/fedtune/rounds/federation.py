@@ -63,7 +63,9 @@ def run_federation(coord: Coordinator) -> RunResult:
         total_bytes_up=sum(r.bytes_up for r in hist) + sum(x.bytes_up for x in ledgers),
         total_energy_j=sum(r.energy_j for r in hist) + sum(x.energy_j for x in eval_ledger),
         total_co2_g=sum(r.co2_g for r in hist) + sum(x.co2_g for x in eval_ledger),
-        wall_s=time.perf_counter() - t0, energy_method=coord.meter.method)
+        wall_s=time.perf_counter() - t0, energy_method=coord.meter.code)
+    if coord.meter.method != coord.meter.code:  # how the figure was obtained, in words
+        result.extra["energy_source"] = coord.meter.method
     result.status, reason = coord.health.verdict()
     if reason:
         result.extra["status_reason"] = reason
