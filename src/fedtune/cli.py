@@ -59,6 +59,9 @@ def run(
         "--set", help="override a key, e.g. --set strategy.name=fedprox")] = None,
     output: Annotated[str, typer.Option(help="table or json")] = "table",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="continue the newest interrupted or crashed run in the workspace")] = False,
+    run_id: Annotated[str | None, typer.Option("--run", help="with --resume: which run")] = None,
 ) -> None:
     """Run a federated fine-tuning experiment (the embedded default if no CONFIG)."""
     from .config import load_config
@@ -74,28 +77,41 @@ def run(
     bars: list[Any] = []
     every = [1]
 
-    def on_start(run_id: str, rounds: int) -> None:
+    started: list[str] = []
+    last_round, total = [0], [0]
+
+    def on_start(rid: str, rounds: int) -> None:
+        started.append(rid)
+        total[0] = rounds
         progress.start()  # only once set-up succeeded, so errors stay on one line
-        bars.append(progress.add_task(f"run {run_id}", total=rounds, acc=""))
+        bars.append(progress.add_task(f"run {rid}", total=rounds, acc=""))
         every[0] = max(1, rounds // 10)
         if lines:
-            err.print(f"run {run_id}: {rounds} rounds", highlight=False)
+            err.print(f"run {rid}: {rounds} rounds", highlight=False)
 
     def on_round(rec: Any) -> None:
+        last_round[0] = rec.round
         acc = "" if rec.test_accuracy is None else f"acc {rec.test_accuracy:.4f}"
         progress.update(bars[0], advance=1, acc=acc)
-        if lines and (rec.round % every[0] == 0 or rec.round == cfg.run.rounds):
-            err.print(f"round {rec.round}/{cfg.run.rounds} {acc}".rstrip(), highlight=False)
+        if lines and (rec.round % every[0] == 0 or rec.round == total[0]):
+            err.print(f"round {rec.round}/{total[0]} {acc}".rstrip(), highlight=False)
 
     try:
         cfg = load_config(config, set_ or [])  # before importing torch: typos fail at once
         from .experiment import run as run_experiment
 
-        result = run_experiment(cfg, on_round=on_round, on_start=on_start)
+        result = run_experiment(cfg, on_round=on_round, on_start=on_start, resume=resume,
+                                resume_run=run_id)
     except FedtuneError as exc:
         progress.stop()
         _fail(exc)
         return
+    except KeyboardInterrupt:
+        progress.stop()
+        rid = started[0] if started else "?"
+        sys.stderr.write(f"interrupted after round {last_round[0]}: run {rid} is stored; "
+                         f"continue it with `fedtune run --resume --run {rid}`\n")
+        raise typer.Exit(130) from None
     finally:
         progress.stop()
     _print_result(result, output, f"fedtune run: {cfg.run.name}")

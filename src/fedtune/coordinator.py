@@ -364,13 +364,20 @@ class Coordinator:
         return examples
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """Everything needed to continue after the current round, as named tensors."""
-        return self.state.snapshot()
+        """Everything needed to continue after the current round, as named tensors: the
+        parts' state and, when the nodes live in this process, theirs (``nodes``, bytes)."""
+        out = self.state.snapshot()
+        if self.runtime.capabilities.holds_nodes:
+            blob = self.runtime.node_states()
+            out["nodes"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        return out
 
     def restore(self, round_: int, tensors: dict[str, torch.Tensor],
                 history: list[RoundRecord]) -> None:
         """Continue from a :meth:`snapshot` taken after ``round_``."""
         self.state.restore(round_, tensors, history)
+        if "nodes" in tensors and self.runtime.capabilities.holds_nodes:
+            self.runtime.restore_node_states(tensors["nodes"].numpy().tobytes())
 
     def _named_params(self) -> dict[str, torch.Tensor]:
         """The global parameters by name: views, no copy (safetensors writes disjoint views

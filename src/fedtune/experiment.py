@@ -45,7 +45,8 @@ def _assemble(cfg: RunConfig, task: Task | None,
 def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None = None,
         store: RunStore | bool | None = True,
         on_round: Callable[[RoundRecord], None] | None = None,
-        on_start: Callable[[str, int], None] | None = None) -> RunResult:
+        on_start: Callable[[str, int], None] | None = None,
+        resume: bool = False, resume_run: str | None = None) -> RunResult:
     """Run one federated fine-tuning experiment and return its result.
 
     Args:
@@ -54,8 +55,34 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
         store: a :class:`RunStore`, True for the config's workspace, False to store nothing.
         on_round: called with each finished round's record (progress bars, logging).
         on_start: called with the run id and the number of rounds before round 1.
+        resume: continue the newest interrupted, crashed or killed run in the config's
+            workspace (or ``resume_run``) from its last completed round, with the config
+            stored for it: the result is bitwise that of a run never stopped.
+
+    A stored run writes the state to continue from after every round; Ctrl-C (or an error)
+    leaves it ``interrupted`` (``crashed``), which ``resume`` continues.
     """
     cfg = config if isinstance(config, RunConfig) else config_from_dict(config or {})
+    run_store = RunStore(cfg.run.workspace) if store is True else (store or None)
+    saved: tuple[int, dict[str, torch.Tensor], dict[str, str]] | None = None
+    run_id = ""
+    if resume:
+        if run_store is None:
+            raise ConfigError("resume needs a run store; pass store=True or a RunStore")
+        run_id = run_store.resumable_run(resume_run)
+        cfg = config_from_dict(run_store.load_run(run_id)["config"])
+        saved = run_store.latest_state(run_id)
+    try:
+        return _run(cfg, task, run_store, run_id, saved, on_round, on_start)
+    finally:
+        if store is True and run_store is not None:
+            run_store.close()
+
+
+def _run(cfg: RunConfig, task: Task | None, run_store: RunStore | None, run_id: str,
+         saved: tuple[int, dict[str, torch.Tensor], dict[str, str]] | None,
+         on_round: Callable[[RoundRecord], None] | None,
+         on_start: Callable[[str, int], None] | None) -> RunResult:
     task, strategy, bench, meter, co2_per_joule = _assemble(cfg, task)
     device = bench.flat.device
     runtime: Runtime
@@ -72,24 +99,34 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
                       device=device) for d in task.data.nodes]
         runtime = InProcessRuntime(nodes, bench, seed=cfg.run.seed,
                                    speed_skew=cfg.runtime.simulated_speed_skew)
-    owned = store is True
-    run_store = RunStore(cfg.run.workspace) if store is True else (store or None)
-    run_id = run_store.start_run(cfg.run.name, cfg.model_dump()) if run_store else "unsaved"
-    if on_start is not None:
-        on_start(run_id, cfg.run.rounds)
-    coordinator = Coordinator(cfg, strategy, runtime, bench, meter=meter,
-                              co2_per_joule=co2_per_joule, store=run_store, run_id=run_id,
-                              on_round=on_round)
     try:
-        return run_federation(coordinator)
-    except Exception as exc:
-        if run_store is not None:
-            run_store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise
+        if run_store is not None and not run_id:
+            run_id = run_store.start_run(cfg.run.name, cfg.model_dump())
+        coordinator = Coordinator(cfg, strategy, runtime, bench, meter=meter,
+                                  co2_per_joule=co2_per_joule, store=run_store,
+                                  run_id=run_id or "unsaved", resumable=run_store is not None,
+                                  on_round=on_round)
+        if saved is not None and run_store is not None:
+            round_, tensors, _ = saved
+            try:
+                coordinator.restore(round_, tensors, run_store.round_records(run_id))
+            except ValueError as exc:
+                raise ConfigError(f"cannot resume run {run_id}: {exc}") from None
+            run_store.mark_resumed(run_id, round_)
+        if on_start is not None:
+            on_start(run_id or "unsaved", cfg.run.rounds)
+        try:
+            return run_federation(coordinator)
+        except KeyboardInterrupt:
+            if run_store is not None:
+                run_store.crash_run(run_id, "interrupted (Ctrl-C)", status="interrupted")
+            raise
+        except Exception as exc:  # not final: `fedtune run --resume` continues it
+            if run_store is not None:
+                run_store.crash_run(run_id, f"{type(exc).__name__}: {exc}")
+            raise
     finally:
         runtime.close()
-        if owned and run_store is not None:
-            run_store.close()
 
 
 LARGE_MODEL_MB = 256  # above this, serve suggests bounding the updates held at once

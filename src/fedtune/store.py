@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   PRIMARY KEY (run_id, round));
 """
 
-RESUMABLE = ("incomplete", "crashed")
+RESUMABLE = ("incomplete", "crashed", "interrupted")
 MIGRATIONS = [("states", "sha256", "TEXT"), ("checkpoints", "sha256", "TEXT")]
 log = logging.getLogger("fedtune.store")
 
@@ -252,14 +252,15 @@ class RunStore:
             run_id = self.resolve(run)
             row = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if self._status(row) not in RESUMABLE:
-                raise StoreError(f"run {run_id} is {self._status(row)}; only an incomplete or "
-                                 "crashed run can be resumed")
+                raise StoreError(f"run {run_id} is {self._status(row)}; only an incomplete, "
+                                 "crashed or interrupted run can be resumed")
             return run_id
         rows = self.db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
         for row in rows:
             if self._status(row) in RESUMABLE:
                 return str(row["run_id"])
-        raise StoreError(f"no incomplete or crashed run in {self.path} to resume")
+        raise StoreError(f"no incomplete, crashed or interrupted run in {self.path} to "
+                         "resume")
 
     @database_errors
     def mark_resumed(self, run_id: str, round_: int) -> None:
@@ -278,23 +279,18 @@ class RunStore:
             self.db.execute("UPDATE runs SET status=?, finished=?, result_json=? WHERE run_id=?",
                             (status, time.time(), json.dumps(asdict(result)), run_id))
 
-    def crash_run(self, run_id: str, reason: str) -> None:
-        """The coordinator stopped on an error mid-run: ``crashed`` is not final, ``fedtune
-        serve --resume`` continues such a run from its last completed round. Never raises:
-        the store may be what failed (disk full), and the first error is the one to report."""
+    def crash_run(self, run_id: str, reason: str, status: str = "crashed") -> None:
+        """The coordinator stopped mid-run on an error (``crashed``) or on Ctrl-C
+        (``interrupted``): neither is final, ``--resume`` continues such a run from its last
+        completed round. Never raises: the store may be what failed (disk full), and the
+        first error is the one to report."""
         try:
             with self.db:
-                self.db.execute("UPDATE runs SET status='crashed', finished=?, result_json=? "
+                self.db.execute("UPDATE runs SET status=?, finished=?, result_json=? "
                                 "WHERE run_id=?",
-                                (time.time(), json.dumps({"error": reason}), run_id))
+                                (status, time.time(), json.dumps({"error": reason}), run_id))
         except sqlite3.Error:
             pass
-
-    @database_errors
-    def fail_run(self, run_id: str, reason: str) -> None:
-        with self.db:
-            self.db.execute("UPDATE runs SET status='failed', finished=?, result_json=? "
-                            "WHERE run_id=?", (time.time(), json.dumps({"error": reason}), run_id))
 
     # -- reading -------------------------------------------------------------------------
     def _status(self, row: sqlite3.Row) -> str:

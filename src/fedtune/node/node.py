@@ -82,19 +82,25 @@ class Node:
                          energy_j=short(joules), co2_g=short(joules * self.co2_per_joule),
                          energy_method=self.meter.code)
 
+    def saved_state(self) -> dict[str, Any]:
+        """What the node keeps between rounds, as torch.save can write it."""
+        return {"state": self.state, "last_fit_round": self.last_fit_round,
+                "before": self._state_before_last_fit}
+
+    def restore_state(self, saved: dict[str, Any]) -> None:
+        self.state = saved["state"]
+        self.last_fit_round = int(saved["last_fit_round"])
+        self._state_before_last_fit = saved["before"]
+
     def save_state(self, path: Path) -> None:
         """Persist what the node keeps between rounds (atomic rename)."""
         tmp = path.with_suffix(".tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state": self.state, "last_fit_round": self.last_fit_round,
-                    "before": self._state_before_last_fit}, tmp)
+        torch.save(self.saved_state(), tmp)
         os.replace(tmp, path)
 
     def load_state(self, path: Path) -> None:
-        saved = torch.load(path, weights_only=True)
-        self.state = saved["state"]
-        self.last_fit_round = int(saved["last_fit_round"])
-        self._state_before_last_fit = saved["before"]
+        self.restore_state(torch.load(path, weights_only=True))
 
     def answer(self, ins: Any, bench: Workbench) -> Any:
         """Answer any instruction: fit, evaluate, or a stage registered with

@@ -48,6 +48,9 @@ class Capabilities:
             :meth:`Runtime.drain` run tasks without a round barrier (``strategy.mode =
             "async"``).
         nodes_join: nodes connect over time, so :meth:`Runtime.wait_for_nodes` may block.
+        holds_nodes: its nodes, with the state they keep between rounds, live in this
+            process, so a run's state file includes them (:meth:`Runtime.node_states`) and
+            a resumed simulation continues bitwise as if never stopped.
     """
 
     shares_workbench: bool = False
@@ -55,6 +58,7 @@ class Capabilities:
     keeps_late: bool = False
     asynchronous: bool = False
     nodes_join: bool = False
+    holds_nodes: bool = False
 
 
 class Runtime(Protocol):
@@ -98,6 +102,14 @@ class Runtime(Protocol):
 
     def drain(self) -> None:
         """Forget the tasks still out (``asynchronous``)."""
+        ...
+
+    def node_states(self) -> bytes:
+        """The nodes' own state, serialized (``holds_nodes``; empty otherwise)."""
+        ...
+
+    def restore_node_states(self, blob: bytes) -> None:
+        """Put back what :meth:`node_states` returned (``holds_nodes``)."""
         ...
 
     def close(self) -> None: ...

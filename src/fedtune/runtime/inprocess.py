@@ -8,11 +8,13 @@ runtimes send. A node that raises is reported as a failure and the round goes on
 from __future__ import annotations
 
 import heapq
+import io
 import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import FedtuneError
 from ..node.node import Node, Workbench
@@ -25,7 +27,7 @@ from .base import Capabilities, Reply
 class InProcessRuntime:
     """Runs every node in this process, sharing one :class:`Workbench`."""
 
-    capabilities = Capabilities(shares_workbench=True, asynchronous=True)
+    capabilities = Capabilities(shares_workbench=True, asynchronous=True, holds_nodes=True)
 
     def __init__(self, nodes: Sequence[Node], bench: Workbench, *, seed: int = 0,
                  speed_skew: float = 1.0) -> None:
@@ -94,6 +96,17 @@ class InProcessRuntime:
 
     def drain(self) -> None:
         self._done.clear()
+
+    def node_states(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({k: n.saved_state() for k, n in self.nodes.items()}, buffer)
+        return buffer.getvalue()
+
+    def restore_node_states(self, blob: bytes) -> None:
+        states = torch.load(io.BytesIO(blob), weights_only=True)
+        for node_id, saved in states.items():
+            if node_id in self.nodes:
+                self.nodes[node_id].restore_state(saved)
 
     def close(self) -> None:
         self.nodes.clear()

@@ -164,6 +164,12 @@ class GrpcRuntime:
         with self.lock:
             self.async_pending.clear()
 
+    def node_states(self) -> bytes:
+        return b""  # the nodes keep their own state (``holds_nodes`` is False)
+
+    def restore_node_states(self, blob: bytes) -> None:
+        return None
+
     def close(self, *, final: bool = True) -> None:
         """Stop serving. ``final`` tells the sites the run is over; otherwise (the
         coordinator crashed) they lose the connection and keep reconnecting, so that
