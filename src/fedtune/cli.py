@@ -62,6 +62,8 @@ def run(
     resume: Annotated[bool, typer.Option(
         help="continue the newest interrupted or crashed run in the workspace")] = False,
     run_id: Annotated[str | None, typer.Option("--run", help="with --resume: which run")] = None,
+    baselines: Annotated[str, typer.Option(
+        help="also train on the pooled data and/or each site alone: pooled,local")] = "",
 ) -> None:
     """Run a federated fine-tuning experiment (the embedded default if no CONFIG)."""
     from .config import load_config
@@ -97,7 +99,9 @@ def run(
             err.print(f"round {rec.round}/{total[0]} {acc}".rstrip(), highlight=False)
 
     try:
-        cfg = load_config(config, set_ or [])  # before importing torch: typos fail at once
+        kinds = [k.strip() for k in baselines.split(",") if k.strip()]
+        extra = [f"run.baselines={json.dumps(kinds)}"] if kinds else []
+        cfg = load_config(config, [*(set_ or []), *extra])  # typos fail before torch loads
         from .experiment import run as run_experiment
 
         result = run_experiment(cfg, on_round=on_round, on_start=on_start, resume=resume,

@@ -40,6 +40,8 @@ class RunSection(Section):
     eval_every: int = Field(1, ge=1)
     workspace: str = ".fedtune"
     checkpoint_every: int = Field(10, ge=0)
+    # after a simulation: the same model on the pooled data, and each site alone
+    baselines: list[Literal["pooled", "local"]] = Field(default_factory=list)
 
     @field_validator("device")
     @classmethod

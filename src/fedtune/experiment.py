@@ -116,7 +116,15 @@ def _run(cfg: RunConfig, task: Task | None, run_store: RunStore | None, run_id: 
         if on_start is not None:
             on_start(run_id or "unsaved", cfg.run.rounds)
         try:
-            return run_federation(coordinator)
+            result = run_federation(coordinator)
+            if cfg.run.baselines:
+                from .baselines import run_baselines
+
+                result.extra["baselines"] = run_baselines(list(cfg.run.baselines), cfg, task,
+                                                          bench.flat.device)
+                if run_store is not None:
+                    run_store.finish_run(run_id, result, result.status)
+            return result
         except KeyboardInterrupt:
             if run_store is not None:
                 run_store.crash_run(run_id, "interrupted (Ctrl-C)", status="interrupted")

@@ -39,6 +39,7 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "energy_method": result.energy_method,
         "energy_source": result.extra.get("energy_source", result.energy_method),
         "wall_s": result.wall_s,
+        "baselines": result.extra.get("baselines", {}),
     })
     return summary
 
@@ -68,6 +69,15 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
     jain_g = "n/a" if g["jain_index"] is None else f"{g['jain_index']:.4f}"
     jain_p = "n/a" if p["jain_index"] is None else f"{p['jain_index']:.4f}"
     table.add_row("fairness (Jain's index)", f"global {jain_g}, fine-tuned {jain_p}")
+    base = summary.get("baselines") or {}
+    if "pooled" in base:
+        table.add_row("baseline: pooled data", f"central test accuracy "
+                      f"{pct(base['pooled']['test_accuracy'])} (federated "
+                      f"{pct(summary['test_accuracy'])})")
+    if "local" in base:
+        table.add_row("baseline: each site alone",
+                      f"central test accuracy mean {pct(base['local']['test_accuracy_mean'])}, "
+                      f"worst site {pct(base['local']['test_accuracy_worst'])}")
     table.add_row("bytes", f"down {_mb(summary['bytes_down'])}, up {_mb(summary['bytes_up'])}")
     source = summary.get("energy_source", summary["energy_method"])
     table.add_row("energy", f"{summary['energy_j']:,.1f} J ({source})")
