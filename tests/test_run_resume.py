@@ -45,7 +45,7 @@ def wait_for_rounds(workspace, count, proc, timeout=120.0):
             if runs and runs[-1]["rounds_done"] >= count:
                 return
         time.sleep(0.05)
-    raise AssertionError("the run never reached round %d" % count)
+    raise AssertionError(f"the run never reached round {count}")
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "kill"])

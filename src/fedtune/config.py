@@ -62,6 +62,13 @@ class DataSection(Section):
     central_fraction: float = Field(0.0, ge=0, lt=1)
     node_test_fraction: float = Field(0.2, ge=0, lt=1)
     options: dict[str, float] = Field(default_factory=dict)
+    # your own data (data/files.py): one file per site, or one table with a site column
+    files: list[str] = Field(default_factory=list)
+    site_column: str = ""
+    label_column: str = "label"
+    test_files: list[str] = Field(default_factory=list)
+    test_file: str = ""
+    standardize: bool = True  # data.files: features to mean 0, sd 1 (from per-site sums)
 
     @field_validator("dataset")
     @classmethod
@@ -259,7 +266,8 @@ class RunConfig(Section):
             d = out.get("data", {})
             d = d if isinstance(d, dict) else d.model_dump()
             skew = "iid" if d.get("partition", "dirichlet") == "iid" else "noniid"
-            out["run"] = {**run, "name": f"{d.get('dataset', 'digits')}-{skew}"}
+            name = "own-data" if d.get("files") else f"{d.get('dataset', 'digits')}-{skew}"
+            out["run"] = {**run, "name": name}
         for key, value in STRATEGIES.defaults(name).items():
             section_name, _, field = key.partition(".")
             section = out.get(section_name, {})
@@ -356,6 +364,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         raw = read_toml(path, what="config file",
                         fix="pass a TOML file, or no file to run the embedded default experiment")
+        data = raw.get("data")
+        if isinstance(data, dict):  # data files are named relative to the config file
+            for key in ("files", "test_files", "test_file"):
+                value = data.get(key)
+                if isinstance(value, str) and value:
+                    data[key] = str(Path(path).parent / value)
+                elif isinstance(value, list):
+                    data[key] = [str(Path(path).parent / v) if isinstance(v, str) else v
+                                 for v in value]
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return config_from_dict(raw)
