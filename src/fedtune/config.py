@@ -163,6 +163,8 @@ class CentralSection(Section):
 class EvaluationSection(Section):
     personalize_steps: int = Field(10, ge=0)
     personalize_lr: float | None = Field(None, gt=0)
+    # the final per-site evaluation visits at most this many sites (a seeded sample)
+    max_sites: int = Field(1000, ge=1)
 
 
 class CompressionSection(Section):

@@ -110,7 +110,7 @@ def natural(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *,
         raise DataError(f"data.num_nodes = {num_nodes} exceeds the {len(ids)} natural groups")
     # group ids[j] goes to node j % num_nodes; one stable sort, linear in the samples (a
     # membership test per node was quadratic in the number of nodes)
-    _, group_index = np.unique(groups, return_inverse=True)
+    group_index = np.unique(groups, return_inverse=True)[1]
     node_of = group_index % num_nodes
     order = np.argsort(node_of, kind="stable")
     out = np.split(order, np.cumsum(np.bincount(node_of, minlength=num_nodes))[:-1])

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 
 from ..algorithms.fairness import fairness_summary
+from ..algorithms.selection import FixedSize
 from ..coordinator import Coordinator
+from ..seeds import derived_seed
 from ..types import EvalIns, EvalRes, NodeFailure, NodeRoundRecord, RoundRecord, RunResult, Scalar
 from .buffered_async import run_buffered_async
 from .sync import run_sync_rounds
@@ -66,6 +69,13 @@ def run_federation(coord: Coordinator) -> RunResult:
         wall_s=time.perf_counter() - t0, energy_method=coord.meter.code)
     if coord.meter.method != coord.meter.code:  # how the figure was obtained, in words
         result.extra["energy_source"] = coord.meter.method
+    population = len(coord.runtime.node_ids)
+    if len(evals) < population and evals:
+        values = [v for v in acc_g.values() if not math.isnan(v)]
+        if values:
+            lo, hi = sample_interval(values, population)
+            result.extra["node_eval_sample"] = {"sites": len(evals), "of": population,
+                                                "accuracy_mean_ci95": [lo, hi]}
     result.status, reason = coord.health.verdict()
     if reason:
         result.extra["status_reason"] = reason
@@ -73,6 +83,28 @@ def run_federation(coord: Coordinator) -> RunResult:
     if coord.store is not None:
         coord.store.finish_run(coord.run_id, result, result.status)
     return result
+
+
+def evaluated_sites(coord: Coordinator) -> list[str]:
+    """Every site, or a seeded uniform sample of ``evaluation.max_sites`` of them."""
+    ids = coord.runtime.node_ids
+    k = coord.cfg.evaluation.max_sites
+    if len(ids) <= k:
+        return ids
+    return FixedSize(count=k).select(ids, 0, derived_seed(coord.cfg.run.seed, "final-eval"))
+
+
+def sample_interval(values: list[float], population: int) -> tuple[float, float]:
+    """A 95 % confidence interval of the mean over ``population`` sites from a simple random
+    sample of them: mean +- 1.96 s / sqrt(k) sqrt(1 - k / N), with the finite-population
+    correction (Cochran 1977, "Sampling Techniques", ch. 2)."""
+    k = len(values)
+    mean = sum(values) / k
+    if k < 2:
+        return mean, mean
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+    half = 1.96 * sd / math.sqrt(k) * math.sqrt(max(0.0, 1 - k / population))
+    return mean - half, mean + half
 
 
 def evaluate_nodes(coord: Coordinator) -> tuple[dict[str, EvalRes], list[NodeRoundRecord]]:
@@ -86,7 +118,7 @@ def evaluate_nodes(coord: Coordinator) -> tuple[dict[str, EvalRes], list[NodeRou
     ins = EvalIns(round_, coord.state.params, config)
     out: dict[str, EvalRes] = {}
     ledger = []
-    for reply in runtime.evaluate(runtime.node_ids, ins):
+    for reply in runtime.evaluate(evaluated_sites(coord), ins):
         res = reply.result
         if isinstance(res, EvalRes):
             out[res.node_id] = res
