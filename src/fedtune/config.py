@@ -268,8 +268,8 @@ class RunConfig(Section):
             d = out.get("data", {})
             d = d if isinstance(d, dict) else d.model_dump()
             skew = "iid" if d.get("partition", "dirichlet") == "iid" else "noniid"
-            name = "own-data" if d.get("files") else f"{d.get('dataset', 'digits')}-{skew}"
-            out["run"] = {**run, "name": name}
+            run_name = "own-data" if d.get("files") else f"{d.get('dataset', 'digits')}-{skew}"
+            out["run"] = {**run, "name": run_name}
         for key, value in STRATEGIES.defaults(name).items():
             section_name, _, field = key.partition(".")
             section = out.get(section_name, {})
