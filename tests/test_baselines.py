@@ -62,3 +62,27 @@ def test_the_cli_reports_and_stores_the_baselines(tmp_path):
     bad = subprocess.run([FEDTUNE, "run", "--baselines", "pooled,lokal"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "'lokal'" in bad.stderr
+
+
+def test_the_linear_probe_fits_the_initial_models_last_layer_features():
+    """Alain & Bengio 2016: a linear classifier on a layer's features. Here the features are
+    the input of the MLP's last layer at initialization, computed by hand."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    cfg = small_config("run.rounds=1", "evaluation.personalize_steps=0",
+                       'run.baselines=["probe"]')
+    probe = run(cfg, store=False).extra["baselines"]["probe"]
+    task = build_task(cfg)
+    torch.manual_seed(cfg.run.seed)
+    model = task.model_factory()
+    body = torch.nn.Sequential(*list(model.children())[:-1])
+    x = torch.cat([n.x_train for n in task.data.nodes])
+    y = torch.cat([n.y_train for n in task.data.nodes]).numpy()
+    with torch.no_grad():
+        train, test = body(x).numpy(), body(task.data.x_test).numpy()
+    scaler = StandardScaler().fit(train)
+    fit = LogisticRegression(max_iter=2000, random_state=0).fit(scaler.transform(train), y)
+    want = fit.score(scaler.transform(test), task.data.y_test.numpy())
+    assert probe["test_accuracy"] == pytest.approx(want)
+    assert probe["features"] == train.shape[1] == 128

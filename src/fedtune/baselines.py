@@ -7,6 +7,13 @@ gains against each site training alone.
   or ``run.rounds`` x ``local.steps`` steps), with the same local optimizer settings.
 * ``local``: each site alone with the same budget on its own data, evaluated on the central
   test set and on its own test split; reported as the mean, the worst site, and per site.
+* ``probe``: a linear probe of the initial model, the baseline a fine-tuning method has to
+  beat: the initial model's features (the input of its last linear layer, the pretrained
+  encoder's sentence embedding for MiniLM) on the pooled training data, and a
+  logistic regression fitted on them to convergence (scikit-learn).
+
+References:
+    Alain & Bengio 2016, "Understanding intermediate layers using linear classifier probes".
 
 Both use fedtune's own local loop (:func:`fedtune.node.trainer.train_locally`) with seeds
 derived from the run seed, so a baseline repeats exactly. They are computed after the
@@ -27,7 +34,7 @@ from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .seeds import derived_seed
 from .task import Task
 
-BASELINES = ("pooled", "local")
+BASELINES = ("pooled", "local", "probe")
 
 
 def baseline_plan(cfg: RunConfig) -> LocalPlan:
@@ -81,4 +88,39 @@ def run_baselines(kinds: list[str], cfg: RunConfig, task: Task,
                         "node_accuracy_own": dataclasses.asdict(
                             fairness_summary(list(own.values()))),
                         "per_site_test_accuracy": central}
+    if "probe" in kinds:
+        out["probe"] = linear_probe(task, cfg, device)
     return out
+
+
+@torch.no_grad()
+def _features(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """The input of ``model``'s last linear layer, for every row of ``x``."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    seen: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach()))
+    try:
+        model.eval()
+        for i in range(0, x.shape[0], batch):
+            model(x[i:i + batch])
+    finally:
+        handle.remove()
+    return torch.cat(seen).cpu()
+
+
+def linear_probe(task: Task, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """A logistic regression on the initial model's last-layer features (pooled data)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    bench = Workbench.create(task, device, cfg.run.seed)
+    data = task.data
+    x = torch.cat([n.x_train for n in data.nodes]).to(device)
+    y = torch.cat([n.y_train for n in data.nodes]).numpy()
+    raw = _features(bench.flat.module, x).numpy()
+    scaler = StandardScaler().fit(raw)
+    train = scaler.transform(raw)
+    test = scaler.transform(_features(bench.flat.module, data.x_test.to(device)).numpy())
+    fit = LogisticRegression(max_iter=2000, random_state=cfg.run.seed).fit(train, y)
+    return {"test_accuracy": float(fit.score(test, data.y_test.numpy())),
+            "features": int(train.shape[1]), "train_examples": int(train.shape[0])}

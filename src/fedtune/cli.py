@@ -63,7 +63,8 @@ def run(
         help="continue the newest interrupted or crashed run in the workspace")] = False,
     run_id: Annotated[str | None, typer.Option("--run", help="with --resume: which run")] = None,
     baselines: Annotated[str, typer.Option(
-        help="also train on the pooled data and/or each site alone: pooled,local")] = "",
+        help="also: pooled (same model, pooled data), local (each site alone), probe "
+             "(linear probe of the initial model), comma-separated")] = "",
 ) -> None:
     """Run a federated fine-tuning experiment (the embedded default if no CONFIG)."""
     from .config import load_config

@@ -41,7 +41,7 @@ class RunSection(Section):
     workspace: str = ".fedtune"
     checkpoint_every: int = Field(10, ge=0)
     # after a simulation: the same model on the pooled data, and each site alone
-    baselines: list[Literal["pooled", "local"]] = Field(default_factory=list)
+    baselines: list[Literal["pooled", "local", "probe"]] = Field(default_factory=list)
 
     @field_validator("device")
     @classmethod

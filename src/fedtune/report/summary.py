@@ -74,6 +74,9 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
         table.add_row("baseline: pooled data", f"central test accuracy "
                       f"{pct(base['pooled']['test_accuracy'])} (federated "
                       f"{pct(summary['test_accuracy'])})")
+    if "probe" in base:
+        table.add_row("baseline: linear probe", f"central test accuracy "
+                      f"{pct(base['probe']['test_accuracy'])} (the initial model's features)")
     if "local" in base:
         table.add_row("baseline: each site alone",
                       f"central test accuracy mean {pct(base['local']['test_accuracy_mean'])}, "
