@@ -101,8 +101,15 @@ def ray_instance():
     ray = pytest.importorskip("ray")
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local instance
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2,
-             _temp_dir=tempfile.mkdtemp(prefix="fedtune-ray-", dir="/tmp"))
+    for attempt in range(3):  # Ray's own start-up can time out on a busy 2-core machine
+        try:
+            ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2,
+                     _temp_dir=tempfile.mkdtemp(prefix="fedtune-ray-", dir="/tmp"))
+            break
+        except Exception:  # Ray raises RuntimeError or a bare Exception for a slow start
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
     mp.undo()
