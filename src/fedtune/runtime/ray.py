@@ -68,7 +68,7 @@ class RayRuntime:
             else:
                 # short path: Ray's unix sockets must fit in 107 characters
                 kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="fedtune-ray-", dir="/tmp")
-            ray.init(**kwargs)
+            self._start(kwargs, local=not address)
         data = list(task.data.nodes)
         count = max(1, min(actors, len(data)))
         host_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_NodeHost)
@@ -90,6 +90,19 @@ class RayRuntime:
 
     def train_examples(self, node_id: str) -> int | None:
         return self._examples.get(node_id)
+
+    def _start(self, kwargs: dict[str, Any], *, local: bool, attempts: int = 3) -> None:
+        """Start (or join) Ray. A local instance's start-up can time out on a busy machine
+        (its node or GCS server is slow to come up): that is retried, twice."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.ray.init(**kwargs)
+                return
+            except Exception as exc:  # Ray raises RuntimeError or a bare Exception here
+                self.ray.shutdown()
+                if not local or attempt == attempts:
+                    raise FedtuneError(f"Ray did not start ({exc}); check runtime.ray_address "
+                                       "or the machine's load, and run again") from None
 
     @property
     def capabilities(self) -> Capabilities:
