@@ -329,6 +329,13 @@ def export(run_id: Annotated[str, typer.Argument(help="run id, unique prefix, or
     """Export a stored run to JSON or CSV."""
     store = _open_store(workspace)
     try:
+        if out_path == "-":  # standard output: JSON only
+            if fmt != "json":
+                raise FedtuneError("CSV export writes three files; give a folder with --out"
+                                   if fmt == "csv" else
+                                   f"export format {fmt!r} is unknown; use json or csv")
+            sys.stdout.write(json.dumps(store.load_run(run_id), indent=2) + "\n")
+            return
         for path in store.export(run_id, fmt, out_path):
             out.print(f"wrote {path}")
     except FedtuneError as exc:

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from .algorithms.strategy import StrategyParams
 
 
+def _one_of(value: str, names: tuple[str, ...], what: str) -> str:
+    """``value`` if it is a registered name, else the error listing the names."""
+    if value not in names:
+        raise ValueError(f"unknown {what}; allowed: {', '.join(sorted(names))}")
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,16 +80,12 @@ class DataSection(Section):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        if v not in DATASET_NAMES:
-            raise ValueError(f"unknown dataset; allowed: {', '.join(sorted(DATASET_NAMES))}")
-        return v
+        return _one_of(v, DATASET_NAMES, "dataset")
 
     @field_validator("partition")
     @classmethod
     def _partition(cls, v: str) -> str:
-        if v not in PARTITION_NAMES:
-            raise ValueError(f"unknown partition; allowed: {', '.join(sorted(PARTITION_NAMES))}")
-        return v
+        return _one_of(v, PARTITION_NAMES, "partition")
 
 
 class ModelSection(Section):
@@ -115,23 +118,17 @@ class StrategySection(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if v not in STRATEGY_NAMES:
-            raise ValueError(f"unknown strategy; allowed: {', '.join(sorted(STRATEGY_NAMES))}")
-        return v
+        return _one_of(v, STRATEGY_NAMES, "strategy")
 
     @field_validator("selection")
     @classmethod
     def _selection(cls, v: str) -> str:
-        if v not in SELECTOR_NAMES:
-            raise ValueError(f"unknown selection; allowed: {', '.join(sorted(SELECTOR_NAMES))}")
-        return v
+        return _one_of(v, SELECTOR_NAMES, "selection")
 
     @field_validator("aggregator")
     @classmethod
     def _aggregator(cls, v: str) -> str:
-        if v not in AGGREGATOR_NAMES:
-            raise ValueError(f"unknown aggregator; allowed: {', '.join(sorted(AGGREGATOR_NAMES))}")
-        return v
+        return _one_of(v, AGGREGATOR_NAMES, "aggregator")
 
     def params(self) -> StrategyParams:
         from .algorithms.strategy import StrategyParams

@@ -42,6 +42,17 @@ def _assemble(cfg: RunConfig, task: Task | None,
     return task, strategy, Workbench.create(task, device, cfg.run.seed), meter, co2_per_joule
 
 
+def _resume(coordinator: Coordinator, store: RunStore, run_id: str,
+            saved: tuple[int, dict[str, torch.Tensor], dict[str, str]]) -> None:
+    """Put a coordinator back to a stored run's state and reopen the run there."""
+    round_, tensors, _ = saved
+    try:
+        coordinator.restore(round_, tensors, store.round_records(run_id))
+    except ValueError as exc:
+        raise ConfigError(f"cannot resume run {run_id}: {exc}") from None
+    store.mark_resumed(run_id, round_)
+
+
 def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None = None,
         store: RunStore | bool | None = True,
         on_round: Callable[[RoundRecord], None] | None = None,
@@ -107,12 +118,7 @@ def _run(cfg: RunConfig, task: Task | None, run_store: RunStore | None, run_id: 
                                   run_id=run_id or "unsaved", resumable=run_store is not None,
                                   on_round=on_round)
         if saved is not None and run_store is not None:
-            round_, tensors, _ = saved
-            try:
-                coordinator.restore(round_, tensors, run_store.round_records(run_id))
-            except ValueError as exc:
-                raise ConfigError(f"cannot resume run {run_id}: {exc}") from None
-            run_store.mark_resumed(run_id, round_)
+            _resume(coordinator, run_store, run_id, saved)
         if on_start is not None:
             on_start(run_id or "unsaved", cfg.run.rounds)
         try:
@@ -189,12 +195,7 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
                                   co2_per_joule=co2_per_joule, store=store, run_id=run_id,
                                   resumable=True, on_round=on_round)
         if saved is not None:
-            round_, tensors, _ = saved
-            try:
-                coordinator.restore(round_, tensors, store.round_records(run_id))
-            except ValueError as exc:
-                raise ConfigError(f"cannot resume run {run_id}: {exc}") from None
-            store.mark_resumed(run_id, round_)
+            _resume(coordinator, store, run_id, saved)
         if on_start is not None:
             on_start(run_id, cfg.run.rounds)
         try:

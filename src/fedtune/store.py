@@ -351,17 +351,11 @@ class RunStore:
                 "checkpoints": ckpts}
 
     def export(self, run: str, fmt: str, out: Path | str) -> list[Path]:
-        """Write a run as one JSON file (``out`` a file, a folder, or ``-`` for standard
-        output, which returns no path) or as CSV files in the folder ``out`` (rounds, node
-        metrics, node evals)."""
+        """Write a run as one JSON file (``out`` a file or a folder) or as CSV files in the
+        folder ``out`` (rounds, node metrics, node evals)."""
         if fmt not in ("json", "csv"):
             raise StoreError(f"export format {fmt!r} is unknown; use json or csv")
         data = self.load_run(run)
-        if str(out) == "-":
-            if fmt == "csv":
-                raise StoreError("CSV export writes three files; give a folder with --out")
-            print(json.dumps(data, indent=2))
-            return []
         out = Path(out)
         try:
             if fmt == "json":

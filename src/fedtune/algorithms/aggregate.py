@@ -161,10 +161,7 @@ class FixedMean:
             raise ValueError(f"the fixed denominator must be positive, got {self.denominator}")
         return SumState(normalize_by_steps)
 
-    def add(self, state: SumState, update: torch.Tensor, weight: float,
-            steps: float) -> SumState:
-        state.add(update, weight, steps)
-        return state
+    add = WeightedMean.add  # the same running sum; only the denominator differs
 
     def finish(self, state: SumState) -> torch.Tensor:
         if not state.weights:
