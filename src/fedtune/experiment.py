@@ -106,10 +106,14 @@ def _run(cfg: RunConfig, task: Task | None, run_store: RunStore | None, run_id: 
                              actors=r.ray_actors, cpus_per_actor=r.ray_cpus_per_actor,
                              gpus_per_actor=r.ray_gpus_per_actor)
     else:
-        nodes = [Node(d, seed=cfg.run.seed, meter=meter, co2_per_joule=co2_per_joule,
-                      device=device) for d in task.data.nodes]
-        runtime = InProcessRuntime(nodes, bench, seed=cfg.run.seed,
-                                   speed_skew=cfg.runtime.simulated_speed_skew)
+        sites = task.data.nodes
+
+        def make_node(node_id: str) -> Node:
+            return Node.for_site(sites, node_id, seed=cfg.run.seed, meter=meter,
+                                 co2_per_joule=co2_per_joule, device=device)
+
+        runtime = InProcessRuntime.for_sites(sites, make_node, bench, seed=cfg.run.seed,
+                                             speed_skew=cfg.runtime.simulated_speed_skew)
     try:
         if run_store is not None and not run_id:
             run_id = run_store.start_run(cfg.run.name, cfg.model_dump())

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data.checks import check_federation, check_split, checked_labels
-from .data.federated import FederatedData, NodeData
+from .data.federated import FederatedData, HeldSites, NodeData
 from .errors import DataError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,7 +92,7 @@ def make_task(model_factory: Callable[[], nn.Module], nodes: Mapping[str, tuple[
     classes = check_federation(
         [(n.node_id, n.x_train, n.y_train, n.x_test, n.y_test) for n in node_list], xte, yte,
         num_classes)
-    fd = FederatedData(name, classes, tuple(xte.shape[1:]), list(node_list), xte, yte.long(),
+    fd = FederatedData(name, classes, tuple(xte.shape[1:]), HeldSites(node_list), xte, yte.long(),
                        xc, yc.long())
     return Task(model_factory, fd, loss_fn, metrics_fn, train_fn, name)
 

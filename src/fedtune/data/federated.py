@@ -15,33 +15,23 @@ import torch
 
 from ..errors import DataError
 from .dataset import Dataset
-from .datasets import load_dataset
+from .datasets import dataset_loader
 from .partition import PARTITIONERS
+from .sites import GeneratedSites, HeldSites, NodeData, Sites
 
-
-@dataclass
-class NodeData:
-    """One node's private data: train and test tensors."""
-
-    node_id: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-    @property
-    def num_train(self) -> int:
-        return int(self.x_train.shape[0])
+__all__ = ["FederatedData", "GeneratedSites", "HeldSites", "NodeData", "build_federated_data",
+           "partition_dataset"]
 
 
 @dataclass
 class FederatedData:
-    """All the data of a simulated federation."""
+    """All the data of a simulated federation: its sites (:class:`HeldSites` in memory, or
+    :class:`GeneratedSites` made when asked for) and the coordinator's test and central data."""
 
     dataset: str
     num_classes: int
     input_shape: tuple[int, ...]
-    nodes: list[NodeData]
+    nodes: Sites
     x_test: torch.Tensor
     y_test: torch.Tensor
     x_central: torch.Tensor
@@ -65,12 +55,20 @@ def _split(idx: np.ndarray, fraction: float, rng: np.random.Generator,
     return np.setdiff1d(idx, h), h
 
 
-def _node_split(idx: np.ndarray, fraction: float,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def node_test_count(n: int, fraction: float) -> int:
+    """How many of a node's ``n`` samples its own test split holds: at least one sample on
+    each side when it has two or more."""
+    k = round(fraction * n)
+    if n >= 2 and fraction > 0:
+        k = min(max(k, 1), n - 1)
+    return k
+
+
+def node_split(idx: np.ndarray, fraction: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A node's (train, test) indices, test holding :func:`node_test_count` of them."""
     perm = rng.permutation(idx)
-    k = round(fraction * len(perm))
-    if len(perm) >= 2 and fraction > 0:
-        k = min(max(k, 1), len(perm) - 1)  # at least one sample on each side
+    k = node_test_count(len(perm), fraction)
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
@@ -93,10 +91,10 @@ def partition_dataset(ds: Dataset, *, num_nodes: int, partition: str, seed: int,
     width = len(str(num_nodes - 1))
     nodes = []
     for i, part in enumerate(parts):
-        tr, te = _node_split(pool[part], node_test_fraction, rng)
+        tr, te = node_split(pool[part], node_test_fraction, rng)
         nodes.append(NodeData(f"node-{i:0{width}d}", ds.x[tr].contiguous(), ds.y[tr].contiguous(),
                               ds.x[te].contiguous(), ds.y[te].contiguous()))
-    return FederatedData(ds.name, ds.num_classes, ds.input_shape, nodes,
+    return FederatedData(ds.name, ds.num_classes, ds.input_shape, HeldSites(nodes),
                          ds.x[test].contiguous(), ds.y[test].contiguous(),
                          ds.x[central].contiguous(), ds.y[central].contiguous())
 
@@ -106,8 +104,18 @@ def build_federated_data(dataset: str, *, num_nodes: int, partition: str, seed: 
                          node_test_fraction: float = 0.2, min_size: int = 2,
                          dataset_options: dict[str, float] | None = None,
                          **partition_options: float) -> FederatedData:
-    """Load a bundled dataset and cut it into a federation."""
-    ds = load_dataset(dataset, seed, **(dataset_options or {}))
+    """Load a bundled dataset and cut it into a federation; a dataset that builds its own
+    natural federation (``synthetic``) does so, its sites made on demand."""
+    options = dataset_options or {}
+    loader = dataset_loader(dataset, options)
+    federation = getattr(loader, "federation", None)
+    if partition == "natural" and federation is not None:
+        fd: FederatedData = federation(
+            seed, num_nodes=num_nodes, test_fraction=test_fraction,
+            central_fraction=central_fraction, node_test_fraction=node_test_fraction,
+            min_size=min_size, **options)
+        return fd
+    ds = loader(seed, **options)
     return partition_dataset(ds, num_nodes=num_nodes, partition=partition, seed=seed,
                              test_fraction=test_fraction, central_fraction=central_fraction,
                              node_test_fraction=node_test_fraction, min_size=min_size,

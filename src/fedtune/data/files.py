@@ -27,7 +27,7 @@ import torch
 
 from ..errors import DataError
 from .checks import check_federation
-from .federated import FederatedData, NodeData
+from .federated import FederatedData, HeldSites, NodeData
 
 if TYPE_CHECKING:
     from ..config import DataSection
@@ -151,8 +151,8 @@ def load_file_federation(d: DataSection, seed: int) -> FederatedData:
         x_t = _standardize(nodes, x_t)
     classes = check_federation([(n.node_id, n.x_train, n.y_train, n.x_test, n.y_test)
                                 for n in nodes], x_t, y_t, None)
-    return FederatedData("files", classes, tuple(nodes[0].x_train.shape[1:]), nodes, x_t, y_t,
-                         x_t[:0], y_t[:0])
+    return FederatedData("files", classes, tuple(nodes[0].x_train.shape[1:]), HeldSites(nodes),
+                         x_t, y_t, x_t[:0], y_t[:0])
 
 
 def _label_codes(all_labels: list[np.ndarray]) -> Any:

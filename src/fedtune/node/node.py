@@ -14,13 +14,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..algorithms.compression import unpack_vector
-from ..data.federated import NodeData
+from ..data.sites import HeldSites, NodeData, Sites
 from ..energy import EnergyMeter
 from ..errors import MessageError
 from ..params import FlatModel
@@ -48,11 +49,20 @@ class Workbench:
 class Node:
     """One site: private data plus the state it keeps between rounds."""
 
-    def __init__(self, data: NodeData, *, seed: int, meter: EnergyMeter,
-                 co2_per_joule: float, device: torch.device) -> None:
-        self.node_id = data.node_id
-        self.data = NodeData(data.node_id, data.x_train.to(device), data.y_train.to(device),
-                             data.x_test.to(device), data.y_test.to(device))
+    def __init__(self, data: NodeData | Callable[[], NodeData], *, seed: int,
+                 meter: EnergyMeter, co2_per_joule: float, device: torch.device,
+                 node_id: str = "") -> None:
+        """``data`` is the node's data, or (with ``node_id``) a function that makes it when
+        the node is asked to work: a site of a large simulation holds no data between
+        rounds."""
+        if isinstance(data, NodeData):
+            held = _on(device, data)
+            self.node_id = data.node_id
+            self._load: Callable[[], NodeData] = lambda: held
+        else:
+            if not node_id:
+                raise ValueError("a Node made from a data function needs its node_id")
+            self.node_id, self._load = node_id, data
         self.seed = seed
         self.device = device
         self.meter = meter
@@ -60,6 +70,21 @@ class Node:
         self.state: dict[str, Any] = {}
         self.last_fit_round = -1
         self._state_before_last_fit: dict[str, Any] = {}
+
+    @classmethod
+    def for_site(cls, sites: Sites, node_id: str, *, seed: int, meter: EnergyMeter,
+                 co2_per_joule: float, device: torch.device) -> Node:
+        """The Node of one site of a federation: held data is moved to the device once,
+        generated data is made (or found in the sites' cache) each time the node works."""
+        data = (sites.require(node_id) if isinstance(sites, HeldSites)
+                else partial(sites.require, node_id))
+        return cls(data, node_id=node_id, seed=seed, meter=meter,
+                   co2_per_joule=co2_per_joule, device=device)
+
+    @property
+    def data(self) -> NodeData:
+        """This node's data on its device."""
+        return _on(self.device, self._load())
 
     def _seed_model_randomness(self, round_: int) -> None:
         """Seed what the model draws (dropout) per node and round. Not torch.manual_seed: on
@@ -133,15 +158,16 @@ class Node:
                          seed=derived_seed(self.seed, ins.round, self.node_id, "up"))
         for hook in hooks:
             hook.before_fit(ctx)
+        data = self.data
         if bench.task.train_fn is not None:
-            steps = bench.task.train_fn(flat.module, self.data.x_train, self.data.y_train, plan,
+            steps = bench.task.train_fn(flat.module, data.x_train, data.y_train, plan,
                                         self._generator(ins.round, "fit"))
             flat.reseat_grads()  # user code may have set .grad to None
-            examples, loss = self.data.num_train, float("nan")
+            examples, loss = data.num_train, float("nan")
             ctx.optimizer_state = {}
         else:
             stats, ctx.optimizer_state = train_locally(
-                flat, self.data.x_train, self.data.y_train, bench.task.loss_fn, plan,
+                flat, data.x_train, data.y_train, bench.task.loss_fn, plan,
                 self._generator(ins.round, "fit"),
                 prox_center=ins.params if plan.prox_mu else None, correction=ctx.correction,
                 optimizer_state=ctx.optimizer_state)
@@ -179,6 +205,13 @@ class Node:
             metrics.update({f"{k}_personalized": v for k, v in tuned.items()})
         return EvalRes(self.node_id, ins.round, int(d.x_test.shape[0]), metrics,
                        self._metered(wall0, cpu0, token))
+
+
+def _on(device: torch.device, d: NodeData) -> NodeData:
+    if d.x_train.device == device:
+        return d
+    return NodeData(d.node_id, d.x_train.to(device), d.y_train.to(device), d.x_test.to(device),
+                    d.y_test.to(device))
 
 
 Stage = Callable[[Node, Any, Workbench], Any]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import heapq
 import io
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..data.sites import Sites
 from ..errors import FedtuneError
 from ..node.node import Node, Workbench
 from ..seeds import derived_seed
@@ -25,27 +26,56 @@ from .base import Capabilities, Reply
 
 
 class InProcessRuntime:
-    """Runs every node in this process, sharing one :class:`Workbench`."""
+    """Runs every node in this process, sharing one :class:`Workbench`.
+
+    Made from a list of :class:`Node` objects, or with :meth:`for_sites` from a federation's
+    sites and a function that makes a site's Node the first time the site is asked to work
+    (a run of 100,000 simulated sites holds Nodes only for the sites that have worked)."""
 
     capabilities = Capabilities(shares_workbench=True, asynchronous=True, holds_nodes=True)
 
     def __init__(self, nodes: Sequence[Node], bench: Workbench, *, seed: int = 0,
                  speed_skew: float = 1.0) -> None:
-        self.nodes = {n.node_id: n for n in nodes}
+        live = {n.node_id: n for n in nodes}
+        self._setup(list(live), live, None, bench, seed, speed_skew)
+
+    @classmethod
+    def for_sites(cls, sites: Sites, make_node: Callable[[str], Node], bench: Workbench, *,
+                  seed: int = 0, speed_skew: float = 1.0) -> InProcessRuntime:
+        runtime = cls.__new__(cls)
+        runtime._setup(sites.ids, {}, (sites, make_node), bench, seed, speed_skew)
+        return runtime
+
+    def _setup(self, ids: list[str], live: dict[str, Node],
+               maker: tuple[Sites, Callable[[str], Node]] | None, bench: Workbench,
+               seed: int, speed_skew: float) -> None:
+        self._ids = ids
+        self._position = {node_id: i for i, node_id in enumerate(ids)}
+        self.nodes = live  # the Nodes made so far (all of them without a maker)
+        self._maker = maker
         self.bench = bench
         # asynchronous simulation: a virtual clock and a seeded speed per node
         self.clock = 0.0
         self._done: list[tuple[float, int, Reply]] = []
         self._count = 0
         rng = np.random.default_rng(derived_seed(seed, "speeds"))
-        self.speed = {n: float(v) for n, v in zip(
-            self.nodes, rng.lognormal(0.0, speed_skew, len(self.nodes)), strict=True)}
+        self._speeds = rng.lognormal(0.0, speed_skew, len(ids))
+
+    def _node(self, node_id: str) -> Node:
+        node = self.nodes.get(node_id)
+        if node is None:
+            if self._maker is None or node_id not in self._position:
+                raise KeyError(node_id)
+            node = self.nodes[node_id] = self._maker[1](node_id)
+        return node
 
     @property
     def node_ids(self) -> list[str]:
-        return list(self.nodes)
+        return list(self._ids)
 
     def train_examples(self, node_id: str) -> int | None:
+        if self._maker is not None:
+            return self._maker[0].num_train(node_id)
         node = self.nodes.get(node_id)
         return None if node is None else node.data.num_train
 
@@ -57,7 +87,7 @@ class InProcessRuntime:
 
     def _call(self, node_id: str, ins: Any, down: int | None = None) -> Reply:
         down = encoded_size(ins) if down is None else down
-        node = self.nodes[node_id]
+        node = self._node(node_id)
         try:
             result = node.answer(ins, self.bench)
         except FedtuneError as exc:
@@ -85,8 +115,11 @@ class InProcessRuntime:
         reply = self._call(node_id, ins)
         steps = reply.result.num_steps if isinstance(reply.result, FitRes) else 1
         self._count += 1
-        heapq.heappush(self._done, (self.clock + steps * self.speed[node_id], self._count,
+        heapq.heappush(self._done, (self.clock + steps * self._speed(node_id), self._count,
                                     reply))
+
+    def _speed(self, node_id: str) -> float:
+        return float(self._speeds[self._position[node_id]])
 
     def collect(self) -> Reply:
         """The next reply in virtual-time order."""
@@ -105,8 +138,8 @@ class InProcessRuntime:
     def restore_node_states(self, blob: bytes) -> None:
         states = torch.load(io.BytesIO(blob), weights_only=True)
         for node_id, saved in states.items():
-            if node_id in self.nodes:
-                self.nodes[node_id].restore_state(saved)
+            if node_id in self._position:
+                self._node(node_id).restore_state(saved)
 
     def close(self) -> None:
         self.nodes.clear()

@@ -1,11 +1,13 @@
 """Ray runtime: nodes live in Ray actors, on one machine or a cluster (extra ``fedtune[ray]``).
 
 Each actor hosts a shard of the nodes (node i goes to actor i mod A) and one Workbench, just
-like the in-process runtime hosts all nodes on one. The coordinator encodes each instruction
-once with the wire format, puts it in Ray's object store once, and every selected node's
-actor answers with the wire bytes of its result, so byte counts are the same as in every
-other runtime. Results are yielded as they complete. Actors use the driver's torch thread
-count, so the arithmetic (and the numbers) equal the in-process run's.
+like the in-process runtime hosts all nodes on one; it receives the task (with its sites:
+generated sites travel as their generator) and makes a site's Node when the site first works.
+The coordinator encodes each instruction once with the wire format, puts it in Ray's object
+store once, and every selected node's actor answers with the wire bytes of its result, so
+byte counts are the same as in every other runtime. Results are yielded as they complete.
+Actors use the driver's torch thread count, so the arithmetic (and the numbers) equal the
+in-process run's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..data.sites import Sites
 from ..errors import FedtuneError
 from ..types import EvalIns, FitIns, FitRes, NodeFailure
 from ..wire import decode, encode
@@ -25,25 +28,32 @@ from .base import Capabilities, Reply, not_asynchronous
 class _NodeHost:
     """Runs inside a Ray actor: a Workbench and the Node objects of its shard."""
 
-    def __init__(self, task: Any, node_data: list[Any], seed: int, device: str,
-                 energy: dict[str, Any], threads: int) -> None:
+    def __init__(self, task: Any, seed: int, device: str, energy: dict[str, Any],
+                 threads: int) -> None:
         from ..energy import EnergyMeter, carbon_intensity
-        from ..node.node import Node, Workbench
+        from ..node.node import Workbench
 
         torch.set_num_threads(threads)
-        dev = torch.device(device)
+        self.device = torch.device(device)
         meter = EnergyMeter(tdp_watts=energy["tdp_watts"] or None, use_rapl=energy["rapl"])
         if not energy["enabled"]:
             meter.watts_per_thread, meter.rapl, meter.method = 0.0, [], "disabled"
             meter.code = "disabled"
-        co2 = carbon_intensity(energy["country"]) / 3.6e6
-        self.bench = Workbench.create(task, dev, seed)
-        self.nodes = {d.node_id: Node(d, seed=seed, meter=meter, co2_per_joule=co2, device=dev)
-                      for d in node_data}
+        self.meter, self.seed = meter, seed
+        self.co2 = carbon_intensity(energy["country"]) / 3.6e6
+        self.bench = Workbench.create(task, self.device, seed)
+        self.sites = task.data.nodes
+        self.nodes: dict[str, Any] = {}  # a site's Node is made the first time it works
 
     def call(self, node_id: str, payload: bytes) -> bytes:
+        from ..node.node import Node
+
         ins = decode(payload)
-        node = self.nodes[node_id]
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = self.nodes[node_id] = Node.for_site(
+                self.sites, node_id, seed=self.seed, meter=self.meter, co2_per_joule=self.co2,
+                device=self.device)
         res = node.answer(ins, self.bench)
         return encode(res)
 
@@ -69,27 +79,24 @@ class RayRuntime:
                 # short path: Ray's unix sockets must fit in 107 characters
                 kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="fedtune-ray-", dir="/tmp")
             self._start(kwargs, local=not address)
-        data = list(task.data.nodes)
-        count = max(1, min(actors, len(data)))
+        sites = task.data.nodes
+        ids = sites.ids
+        count = max(1, min(actors, len(ids)))
         host_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_NodeHost)
         threads = torch.get_num_threads()
-        self._hosts: list[Any] = []
-        self._where: dict[str, Any] = {}
-        for i in range(count):
-            shard = data[i::count]
-            host = host_cls.remote(task, shard, seed, device, energy, threads)
-            self._hosts.append(host)
-            for d in shard:
-                self._where[d.node_id] = host
-        self._ids = [d.node_id for d in data]
-        self._examples = {d.node_id: d.num_train for d in data}
+        shared = ray.put(task)  # one copy in the object store for every actor
+        self._hosts: list[Any] = [host_cls.remote(shared, seed, device, energy, threads)
+                                  for _ in range(count)]
+        self._where = {node_id: self._hosts[i % count] for i, node_id in enumerate(ids)}
+        self._ids = ids
+        self._sites: Sites = sites
 
     @property
     def node_ids(self) -> list[str]:
         return list(self._ids)
 
     def train_examples(self, node_id: str) -> int | None:
-        return self._examples.get(node_id)
+        return self._sites.num_train(node_id)
 
     def _start(self, kwargs: dict[str, Any], *, local: bool, attempts: int = 3) -> None:
         """Start (or join) Ray. A local instance's start-up can time out on a busy machine

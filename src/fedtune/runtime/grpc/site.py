@@ -65,11 +65,12 @@ def load_site_data(spec: str, site: str, task: Task) -> NodeData:
 
     if spec.startswith("partition:"):
         wanted = spec.split(":", 1)[1] or site
-        nodes = {n.node_id: n for n in task.data.nodes}
-        if wanted not in nodes:
+        data = task.data.nodes.site(wanted)
+        if data is None:
+            ids = task.data.nodes.ids
             raise FedtuneError(f"--data {spec!r}: the config's partition has no node {wanted!r}; "
-                               f"it has {', '.join(sorted(nodes)[:5])}...")
-        return nodes[wanted]
+                               f"it has {', '.join(sorted(ids)[:5])}...")
+        return data
     return read_site_file(spec, site)
 
 
