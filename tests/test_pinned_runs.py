@@ -53,6 +53,12 @@ CASES: dict[str, list[str]] = {
 ALL_SITES = ["strategy.fraction=1.0", "strategy.min_nodes=4"]
 CASES["all-fedyogi"] = ['strategy.name="fedyogi"', *ALL_SITES]
 CASES["all-topk-q8-ef"] = [*CASES["fedavg-topk-q8-ef"], *ALL_SITES]
+# client-level DP with seeded noise (secure noise differs on purpose from run to run)
+SEEDED_DP = ["privacy.secure_rng=false", "privacy.noise_multiplier=0.5", "privacy.clip=1.0"]
+CASES["dp-central"] = ['privacy.mode="central"', *SEEDED_DP]
+CASES["all-dp-distributed-adaptive"] = [
+    'privacy.mode="distributed"', "privacy.adaptive_clip=true", "privacy.clip_count_noise=1.0",
+    *SEEDED_DP, *ALL_SITES]
 
 
 def fingerprint(workspace: Path) -> str:
@@ -115,7 +121,7 @@ def ray_instance():
     mp.undo()
 
 
-@pytest.mark.parametrize("name", ["fedyogi", "fednova-steps"])
+@pytest.mark.parametrize("name", ["fedyogi", "fednova-steps", "all-dp-distributed-adaptive"])
 def test_ray_run_matches_the_same_pin(name, tmp_path, ray_instance):
     digest = run_case(name, tmp_path / "ws", 'runtime.kind="ray"', "runtime.ray_actors=2",
                       "runtime.ray_cpus_per_actor=0.5")

@@ -95,6 +95,8 @@ def run(
     def on_round(rec: Any) -> None:
         last_round[0] = rec.round
         acc = "" if rec.test_accuracy is None else f"acc {rec.test_accuracy:.4f}"
+        if rec.epsilon is not None:
+            acc = f"{acc} ε {rec.epsilon:.3g}".lstrip()
         progress.update(bars[0], advance=1, acc=acc)
         if lines and (rec.round % every[0] == 0 or rec.round == total[0]):
             err.print(f"round {rec.round}/{total[0]} {acc}".rstrip(), highlight=False)
@@ -152,8 +154,9 @@ def serve(
 
     def on_round(rec: Any) -> None:
         acc = "" if rec.test_accuracy is None else f", test accuracy {rec.test_accuracy:.4f}"
-        log.info("round %d: %d sites, %d failed%s", rec.round, len(rec.nodes), len(rec.failed),
-                 acc)
+        eps = "" if rec.epsilon is None else f", epsilon {rec.epsilon:.3g}"
+        log.info("round %d: %d sites, %d failed%s%s", rec.round, len(rec.nodes), len(rec.failed),
+                 acc, eps)
 
     code = 0
     try:

@@ -23,6 +23,7 @@ from .catalog import (
     STRATEGY_NAMES,
 )
 from .errors import ConfigError
+from .privacy.settings import PrivacySection, check_privacy, privacy_defaults
 
 if TYPE_CHECKING:
     from .algorithms.strategy import StrategyParams
@@ -246,6 +247,7 @@ class RunConfig(Section):
     compression: CompressionSection = CompressionSection()
     server: ServerSection = ServerSection()
     runtime: RuntimeSection = RuntimeSection()
+    privacy: PrivacySection = PrivacySection()
 
     @model_validator(mode="before")
     @classmethod
@@ -259,7 +261,7 @@ class RunConfig(Section):
             getattr(strategy, "name", "fedavg")
         if name not in STRATEGY_NAMES:
             return data  # the strategy section's own check names the problem
-        out = dict(data)
+        out = privacy_defaults(dict(data))
         run = out.get("run", {})
         if isinstance(run, dict) and "name" not in run:  # a name that says what runs
             d = out.get("data", {})
@@ -285,6 +287,7 @@ class RunConfig(Section):
         if self.strategy.selection == "poisson" and self.strategy.count:
             raise ValueError("strategy.selection = \"poisson\" takes each node with "
                              "probability strategy.fraction; strategy.count must stay 0")
+        check_privacy(self)
         return self
 
 

@@ -39,6 +39,7 @@ from .node.instructions import NodeInstructions
 from .node.node import Workbench
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
+from .round_parts import round_parts
 from .run_health import RunHealth, max_examples
 from .runtime.base import Reply, Runtime
 from .seeds import derived_seed
@@ -76,8 +77,13 @@ class Coordinator:
         self.release_bench = cfg.server.park_model or not runtime.capabilities.shares_workbench
         if self.release_bench:
             bench.flat.release()
+        self.round_parts = round_parts(cfg, runtime)
+        for part in self.round_parts:
+            strategy = self.strategy = part.adapt(strategy)
         self.state = CoordinatorState(
             params=params, parts={"opt": strategy.server_opt.init(params)})
+        self.state.parts.update({part.name: part.init() for part in self.round_parts})
+        self.stopped: str | None = None  # why the run stopped before its last round
         if strategy.control is not None:
             self.state.parts[strategy.control.name] = strategy.control.init(params)
         local = cfg.local.model_dump()
@@ -148,11 +154,23 @@ class Coordinator:
         control = self.strategy.control
         aux = control.instruction_aux(self.state.parts[control.name]) \
             if control is not None else {}
+        config = dict(self.node_config)
+        for part in self.round_parts:
+            config.update(part.node_config(self.state.parts[part.name]))
         if not comp.downlink:
-            return FitIns(round_, params, dict(self.node_config), aux)
+            return FitIns(round_, params, config, aux)
         ctx = TransformContext(seed=derived_seed(self.cfg.run.seed, round_, "down"))
         dense, _ = Compress(comp.downlink, comp.block).apply(params, None, ctx)
-        return FitIns(round_, dense, dict(self.node_config), {**aux, **ctx.aux}, ctx.encoding)
+        return FitIns(round_, dense, config, {**aux, **ctx.aux}, ctx.encoding)
+
+    def stop_reason(self, round_: int) -> str | None:
+        """Why the run must stop before ``round_`` (a privacy budget), or None."""
+        for part in self.round_parts:
+            reason = part.stop_reason(round_, self.state.parts[part.name])
+            if reason is not None:
+                self.stopped = reason
+                return reason
+        return None
 
     def _decoded(self, res: FitRes) -> FitRes | str:
         """The result with its update decompressed (or why it cannot be)."""
@@ -168,7 +186,8 @@ class Coordinator:
         return FitRes(res.node_id, res.round, dense.to(self.device),
                       res.num_examples, res.num_steps, res.train_loss, aux, res.meter)
 
-    def _valid(self, res: FitRes) -> str | None:
+    def valid(self, res: FitRes) -> str | None:
+        """Why ``res`` cannot be folded (shape, dtype, finiteness, claimed examples), or None."""
         if res.update.shape != (self.numel,) or res.update.dtype != torch.float32:
             return (f"update has shape {tuple(res.update.shape)} and dtype {res.update.dtype}, "
                     f"expected ({self.numel},) float32")
@@ -203,7 +222,10 @@ class Coordinator:
             if self.cfg.strategy.weighting == "examples" else factor
         control = self.strategy.control
         dc = res.aux.get(control.receives) if control is not None else None
-        vector = update if update is not None else res.update
+        vector: torch.Tensor | Callable[[], torch.Tensor] = \
+            update if update is not None else res.update
+        for part in self.round_parts:
+            vector = part.receive(vector, res.aux, self.state.parts[part.name])
         if position is None:
             fold.append(vector, weight, float(res.num_steps), dc)
         else:
@@ -220,7 +242,7 @@ class Coordinator:
             res = decoded if isinstance(decoded, FitRes) else NodeFailure(
                 res.node_id, res.round, decoded)
         problem = res.reason if isinstance(res, NodeFailure) else (
-            self._valid(res) if isinstance(res, FitRes) else "answered with the wrong kind")
+            self.valid(res) if isinstance(res, FitRes) else "answered with the wrong kind")
         node_id = res.node_id
         if problem is None and node_id not in allowed:
             problem = "was not asked"
@@ -265,6 +287,10 @@ class Coordinator:
             test_accuracy=test.get("accuracy"), wall_s=time.perf_counter() - wall0,
             bytes_down=sum(n.bytes_down for n in ledger), bytes_up=sum(n.bytes_up for n in ledger),
             energy_j=sum(n.energy_j for n in ledger), co2_g=sum(n.co2_g for n in ledger))
+        for part in self.round_parts:
+            part.after_round(st.parts[part.name])
+            record.epsilon = part.round_metrics(st.parts[part.name]).get("epsilon",
+                                                                          record.epsilon)
         st.round = round_
         st.history.append(record)
         self.health.record(round_, self.unchanged_because)
@@ -294,37 +320,6 @@ class Coordinator:
             store.save_checkpoint(self.run_id, round_, checkpoint, {"kind": "global"})
         self.saved_params = state_path  # the next round parks the model there
 
-    def late_updates(self, round_: int,
-                      ledger: list[NodeRoundRecord]) -> list[tuple[FitRes, float]]:
-        """Stragglers' updates from earlier rounds, with staleness weights (1 + tau)^-a, when
-        the runtime keeps them (gRPC with server.stragglers = "stale").
-
-        References:
-            Xie et al. 2019, "Asynchronous Federated Optimization" (polynomial staleness).
-        """
-        if not self.runtime.capabilities.keeps_late or self.cfg.server.stragglers != "stale":
-            return []
-        out = []
-        late = sorted(self.runtime.take_late(), key=lambda item: (item[0].round, item[0].node_id))
-        for res, bytes_up in late:
-            problem = self._valid(res)
-            if problem is None and res.round >= round_:
-                problem = f"claims round {res.round} during round {round_}"
-            if problem is not None:
-                log.warning("round %d: dropped late update of %s: %s", round_, res.node_id,
-                            problem)
-                continue
-            tau = round_ - res.round
-            factor = (1.0 + tau) ** -self.cfg.server.staleness_exponent
-            log.info("round %d: late update of %s from round %d, weight x %.3f", round_,
-                     res.node_id, res.round, factor)
-            out.append((res, factor))
-            m = res.meter
-            ledger.append(NodeRoundRecord(round_, res.node_id, "late", res.num_examples,
-                                          res.num_steps, res.train_loss, m.wall_s, m.cpu_s, 0,
-                                          bytes_up, m.energy_j, m.co2_g, m.energy_method))
-        return out
-
     def step(self, fold: RoundFold, late: Sequence[tuple[FitRes, float]] = (),
              examples: int = 0, min_updates: int | None = None) -> int:
         """Finish the fold (plus late updates) and take the server step; returns the
@@ -341,6 +336,8 @@ class Coordinator:
                         "model is unchanged", st.round + 1, fold.count, needed)
             return 0
         delta = fold.delta(self.strategy.aggregator).to(st.params.device)
+        for rp in self.round_parts:
+            delta = rp.release(delta, st.parts[rp.name], st.round + 1)
         # the fold is finished, so the step may write the new parameters into delta
         params, opt_state = self.strategy.server_opt.apply(
             st.params, delta, st.parts["opt"], consume=True)

@@ -115,12 +115,12 @@ def _run(cfg: RunConfig, task: Task | None, run_store: RunStore | None, run_id: 
         runtime = InProcessRuntime.for_sites(sites, make_node, bench, seed=cfg.run.seed,
                                              speed_skew=cfg.runtime.simulated_speed_skew)
     try:
-        if run_store is not None and not run_id:
-            run_id = run_store.start_run(cfg.run.name, cfg.model_dump())
         coordinator = Coordinator(cfg, strategy, runtime, bench, meter=meter,
                                   co2_per_joule=co2_per_joule, store=run_store,
                                   run_id=run_id or "unsaved", resumable=run_store is not None,
                                   on_round=on_round)
+        if run_store is not None and not run_id:  # stored once the run can start
+            run_id = coordinator.run_id = run_store.start_run(cfg.run.name, cfg.model_dump())
         if saved is not None and run_store is not None:
             _resume(coordinator, run_store, run_id, saved)
         if on_start is not None:
@@ -193,11 +193,11 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
             "(and server.park_model = true) to bound its memory (README, 'Large models')",
             model_mb)
     try:
-        if not run_id:
-            run_id = store.start_run(cfg.run.name, cfg.model_dump())
         coordinator = Coordinator(cfg, strategy, runtime, bench, meter=meter,
-                                  co2_per_joule=co2_per_joule, store=store, run_id=run_id,
-                                  resumable=True, on_round=on_round)
+                                  co2_per_joule=co2_per_joule, store=store,
+                                  run_id=run_id or "unsaved", resumable=True, on_round=on_round)
+        if not run_id:  # stored once the run can start
+            run_id = coordinator.run_id = store.start_run(cfg.run.name, cfg.model_dump())
         if saved is not None:
             _resume(coordinator, store, run_id, saved)
         if on_start is not None:

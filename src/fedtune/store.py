@@ -60,12 +60,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 RESUMABLE = ("incomplete", "crashed", "interrupted")
-MIGRATIONS = [("states", "sha256", "TEXT"), ("checkpoints", "sha256", "TEXT")]
+MIGRATIONS = [("states", "sha256", "TEXT"), ("checkpoints", "sha256", "TEXT"),
+              ("rounds", "epsilon", "REAL")]  # (table, column, type) added to older stores
 log = logging.getLogger("fedtune.store")
 
 
 ROUND_COLUMNS = ["round", "nodes", "failed", "train_loss", "test_loss", "test_accuracy",
-                 "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g"]
+                 "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "epsilon"]
 NODE_COLUMNS = ["round", "node_id", "phase", "examples", "steps", "train_loss", "wall_s",
                 "cpu_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "energy_method"]
 
@@ -147,7 +148,7 @@ class RunStore:
                 f"VALUES ({', '.join('?' * (len(ROUND_COLUMNS) + 1))})",
                 (run_id, record.round, len(record.nodes), len(record.failed), record.train_loss,
                  record.test_loss, record.test_accuracy, record.wall_s, record.bytes_down,
-                 record.bytes_up, record.energy_j, record.co2_g))
+                 record.bytes_up, record.energy_j, record.co2_g, record.epsilon))
             self._insert_ledger(run_id, nodes)
         for path in stale:
             Path(path).unlink(missing_ok=True)
@@ -242,7 +243,8 @@ class RunStore:
                             train_loss=r["train_loss"], test_loss=r["test_loss"],
                             test_accuracy=r["test_accuracy"], wall_s=r["wall_s"],
                             bytes_down=r["bytes_down"], bytes_up=r["bytes_up"],
-                            energy_j=r["energy_j"], co2_g=r["co2_g"]) for r in rows]
+                            energy_j=r["energy_j"], co2_g=r["co2_g"], epsilon=r["epsilon"])
+                for r in rows]
 
     @database_errors
     def resumable_run(self, run: str | None) -> str:

@@ -150,6 +150,7 @@ class RoundRecord:
     bytes_up: int
     energy_j: float
     co2_g: float
+    epsilon: float | None = None  # client-level DP spent after this round, at privacy.delta
 
 
 @dataclass

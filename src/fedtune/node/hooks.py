@@ -115,6 +115,11 @@ def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor]) -> l
         hooks.append(ScaffoldNode())
     if instructions.plan.keep_optimizer_state:
         hooks.append(KeepOptimizerState())
+    if instructions.dp_clip > 0:  # distributed DP: before compression
+        from ..privacy.site import SiteDP
+
+        hooks.append(SiteDP(instructions.dp_clip, instructions.dp_noise_std,
+                            instructions.dp_bit_noise_std, instructions.dp_secure))
     if instructions.uplink:
         hooks.append(UplinkTransforms(uplink_chain(
             instructions.uplink, error_feedback=instructions.error_feedback,

@@ -25,19 +25,28 @@ class NodeInstructions:
     uplink: str = ""  # compression.uplink, e.g. "topk:0.1+q8"; "" sends the update dense
     error_feedback: bool = False
     block: int = 256
+    # distributed client-level DP (fedtune.privacy.site): 0 = off
+    dp_clip: float = 0.0
+    dp_noise_std: float = 0.0
+    dp_bit_noise_std: float = 0.0
+    dp_secure: bool = True
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:
-        uplink_keys = {"uplink", "error_feedback", "block"}
-        unknown = sorted(set(config) - PLAN_KEYS - uplink_keys)
+        other = {f.name for f in fields(NodeInstructions)} - {"plan"}
+        unknown = sorted(set(config) - PLAN_KEYS - other)
         if unknown:
             raise MessageError(f"unknown instruction key {unknown[0]!r} in a fit message; "
-                               f"known: {', '.join(sorted(PLAN_KEYS | uplink_keys))} (are the "
+                               f"known: {', '.join(sorted(PLAN_KEYS | other))} (are the "
                                "coordinator and this site the same fedtune version?)")
         plan = LocalPlan(**{k: v for k, v in config.items() if k in PLAN_KEYS})
-        return NodeInstructions(plan, uplink=str(config.get("uplink", "")),
-                                error_feedback=bool(config.get("error_feedback", False)),
-                                block=int(config.get("block", 256)))
+        return NodeInstructions(
+            plan, uplink=str(config.get("uplink", "")),
+            error_feedback=bool(config.get("error_feedback", False)),
+            block=int(config.get("block", 256)), dp_clip=float(config.get("dp_clip", 0.0)),
+            dp_noise_std=float(config.get("dp_noise_std", 0.0)),
+            dp_bit_noise_std=float(config.get("dp_bit_noise_std", 0.0)),
+            dp_secure=bool(config.get("dp_secure", True)))
 
 
 @dataclass(frozen=True)

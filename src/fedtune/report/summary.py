@@ -40,6 +40,8 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "energy_source": result.extra.get("energy_source", result.energy_method),
         "wall_s": result.wall_s,
         "baselines": result.extra.get("baselines", {}),
+        "privacy": result.extra.get("privacy"),
+        "stopped": result.extra.get("stopped", ""),
     })
     return summary
 
@@ -81,9 +83,24 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
         table.add_row("baseline: each site alone",
                       f"central test accuracy mean {pct(base['local']['test_accuracy_mean'])}, "
                       f"worst site {pct(base['local']['test_accuracy_worst'])}")
+    privacy = summary.get("privacy")
+    if privacy:
+        table.add_row("privacy", privacy_line(privacy))
+    if summary.get("stopped"):
+        table.add_row("stopped early", summary["stopped"])
     table.add_row("bytes", f"down {_mb(summary['bytes_down'])}, up {_mb(summary['bytes_up'])}")
     source = summary.get("energy_source", summary["energy_method"])
     table.add_row("energy", f"{summary['energy_j']:,.1f} J ({source})")
     table.add_row("CO2", f"{summary['co2_g']:.4f} g CO2e")
     table.add_row("time", f"{summary['wall_s']:.2f} s")
     return table
+
+
+def privacy_line(p: dict[str, Any]) -> str:
+    """One line on what a run's differential privacy guarantees, and when it does not."""
+    line = (f"{p['level']}-level DP ({p['mode']}): ε = {p['epsilon']:.3g} at δ = {p['delta']:g} "
+            f"after {p['rounds']} rounds ({p['bound']}; RDP {p['epsilon_rdp']:.3g}), noise "
+            f"multiplier {p['noise_multiplier']:g}, clip {p['clip']:.3g}")
+    if not p.get("private", True):
+        line += " — NOT PRIVATE: the noise was seeded (privacy.secure_rng = false)"
+    return line

@@ -67,6 +67,10 @@ def run_federation(coord: Coordinator) -> RunResult:
         total_energy_j=sum(r.energy_j for r in hist) + sum(x.energy_j for x in eval_ledger),
         total_co2_g=sum(r.co2_g for r in hist) + sum(x.co2_g for x in eval_ledger),
         wall_s=time.perf_counter() - t0, energy_method=coord.meter.code)
+    for part in coord.round_parts:  # e.g. "privacy": epsilon, delta, the bound, the noise
+        result.extra[part.name] = part.summary(coord.state.parts[part.name])
+    if coord.stopped:
+        result.extra["stopped"] = coord.stopped
     if coord.meter.method != coord.meter.code:  # how the figure was obtained, in words
         result.extra["energy_source"] = coord.meter.method
     population = len(coord.runtime.node_ids)

@@ -21,6 +21,7 @@ from ..coordinator import Coordinator
 from ..errors import StoreError
 from ..parking import ParkedVector, SavedVector, spill
 from ..types import NodeRoundRecord, RoundRecord
+from .late import late_updates
 
 log = logging.getLogger("fedtune")
 SPILL_BYTES = 1 << 20  # the upload gate's threshold: smaller updates never hold a slot
@@ -118,7 +119,7 @@ def sync_round(coord: Coordinator, round_: int,
                                       update=parking.spilled(res.update) if spill else None)
             del res  # a large update's receive buffer is freed once it is folded
         fold.close()
-        late = coord.late_updates(round_, ledger)
+        late = late_updates(coord, round_, ledger)
     finally:
         parking.unpark()
     examples = sum(taken.values())
@@ -134,6 +135,9 @@ def run_sync_rounds(coord: Coordinator, first_round: int) -> None:
     parking = ModelParking(coord)
     runtime, cfg = coord.runtime, coord.cfg
     for round_ in range(first_round, cfg.run.rounds + 1):
+        if coord.stop_reason(round_) is not None:
+            log.warning("run stops before round %d: %s", round_, coord.stopped)
+            return
         if runtime.capabilities.nodes_join:
             runtime.wait_for_nodes(cfg.strategy.min_nodes)
         sync_round(coord, round_, parking)

@@ -1,0 +1,46 @@
+"""A site's part of distributed client-level DP: a node hook that clips the site's own update
+to the clip it is told, adds its share of the Gaussian noise, and (adaptive clipping) sends
+whether its update was within the clip as a noised bit, ``aux["dp_clip_bit"]``.
+
+Shares: each of at least ``strategy.min_nodes`` sites adds noise of variance
+(z C)^2 / min_nodes, so the sum of any round the coordinator applies carries at least the
+variance (z C)^2 that the accountant assumes (McMahan et al. 2018, with the noise split across
+sites as in distributed DP, Kairouz et al. 2021, "The Distributed Discrete Gaussian
+Mechanism"). Runs after training and before the uplink's compression, which is
+post-processing of the noised update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..node.hooks import FitContext
+from .noise import gaussian
+
+
+class SiteDP:
+    """Clip, noise and the clip bit, on the node."""
+
+    mutable: tuple[str, ...] = ()
+
+    def __init__(self, clip: float, noise_std: float, bit_noise_std: float, secure: bool) -> None:
+        if not clip > 0 or noise_std < 0 or bit_noise_std < 0:
+            raise ValueError(f"dp_clip must be > 0 and the noise >= 0, got clip {clip}, "
+                             f"noise {noise_std}, bit noise {bit_noise_std}")
+        self.clip, self.noise_std, self.bit_noise_std = clip, noise_std, bit_noise_std
+        self.secure = secure
+
+    def before_fit(self, ctx: FitContext) -> None:
+        return None
+
+    def after_fit(self, ctx: FitContext) -> None:
+        assert ctx.update is not None
+        norm = float(ctx.update.norm())
+        within = norm <= self.clip
+        update = ctx.update if within else ctx.update * (self.clip / norm)
+        gen = None if self.secure else torch.Generator().manual_seed(ctx.seed ^ 0x5D9)
+        noise = gaussian(update.numel() + 1, 1.0, secure=self.secure, generator=gen)
+        ctx.update = update + (noise[:-1] * self.noise_std).to(update.device)
+        if self.bit_noise_std > 0:
+            bit = float(within) + float(noise[-1]) * self.bit_noise_std
+            ctx.out_aux["dp_clip_bit"] = torch.tensor([bit], dtype=torch.float32)

@@ -1,0 +1,73 @@
+"""Parts of the coordinator's round that keep state and act at its fixed points.
+
+A round part sees the strategy once (:meth:`RoundPart.adapt`), adds keys to what every site
+is told (``node_config``), sees each valid update on its way into the fold (``receive``),
+changes the finished aggregate (``release``), closes the round (``after_round``), adds
+figures to the round's record (``round_metrics``), may stop the run before a round
+(``stop_reason``) and reports at the end (``summary``). Its state is a part of the
+coordinator's state (:mod:`fedtune.coordinator_state`), so it is in every snapshot and a
+resumed run continues with it. Client-level differential privacy is one
+(:class:`fedtune.privacy.client_dp.ClientDP`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+from .algorithms.strategy import Strategy
+from .config import RunConfig
+from .errors import ConfigError
+from .runtime.base import Runtime
+
+Update = torch.Tensor | Callable[[], torch.Tensor]
+
+
+class RoundPart(Protocol):
+    name: str
+
+    def adapt(self, strategy: Strategy) -> Strategy: ...
+    def init(self) -> Any: ...
+    def node_config(self, state: Any) -> dict[str, float | bool]: ...
+    def receive(self, update: Update, aux: dict[str, torch.Tensor], state: Any) -> Update: ...
+    def release(self, delta: torch.Tensor, state: Any, round_: int) -> torch.Tensor: ...
+    def after_round(self, state: Any) -> None: ...
+    def round_metrics(self, state: Any) -> dict[str, float]: ...
+    def stop_reason(self, round_: int, state: Any) -> str | None: ...
+    def summary(self, state: Any) -> dict[str, Any]: ...
+
+
+def population(runtime: Runtime, what: str) -> int:
+    """How many sites can take part: those registered (simulations), or those holding a
+    token (gRPC, where sites join over time)."""
+    if not runtime.capabilities.nodes_join:
+        return len(runtime.node_ids)
+    known: int | None = getattr(runtime, "known_sites", None)
+    if known is None:
+        raise ConfigError(f"{what} needs to know how many sites may join: list every site's "
+                          "token in server.tokens")
+    return known
+
+
+def round_parts(cfg: RunConfig, runtime: Runtime) -> list[RoundPart]:
+    """The round parts a config asks for."""
+    parts: list[RoundPart] = []
+    if cfg.privacy.mode != "off":
+        from .privacy.accountant import Sampling
+        from .privacy.client_dp import ClientDP
+
+        s = cfg.strategy
+        n = population(runtime, "privacy.mode")
+        if s.selection == "poisson":
+            sampling = Sampling("poisson", n, rate=s.fraction)
+        else:
+            size = s.count if s.count else max(s.min_nodes, round(s.fraction * n))
+            sampling = Sampling("fixed", n, size=min(size, n))
+        try:
+            parts.append(ClientDP(cfg.privacy, sampling, min_nodes=s.min_nodes,
+                                  seed=cfg.run.seed, rounds=cfg.run.rounds))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return parts
