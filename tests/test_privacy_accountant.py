@@ -3,6 +3,8 @@ target; noise is N(0, std^2) and, by default, not reproducible."""
 
 from __future__ import annotations
 
+import itertools
+
 import dp_accounting as dpa
 import pytest
 import torch
@@ -51,7 +53,7 @@ def test_fixed_size_sampling_is_rdp_without_replacement_with_twice_the_sensitivi
 def test_epsilon_grows_with_rounds_and_the_budget_search_is_exact():
     acc = Accountant(noise_multiplier=0.9, sampling=POISSON, delta=1e-5)
     eps = [acc.epsilon(r) for r in range(0, 30)]
-    assert eps[0] == 0 and all(a < b for a, b in zip(eps, eps[1:], strict=False))
+    assert eps[0] == 0 and all(a < b for a, b in itertools.pairwise(eps))
     k = acc.rounds_within(eps[17] + 1e-9, 100)
     assert k == 17
     assert acc.rounds_within(0.001, 100) == 0

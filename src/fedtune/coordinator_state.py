@@ -64,8 +64,9 @@ def state_tensors(name: str, state: Any) -> dict[str, torch.Tensor]:
         return {}
     if isinstance(state, torch.Tensor):
         return {name: state}
-    if isinstance(state, bool | int | float):
-        return {name: torch.tensor(state)}
+    if isinstance(state, bool | int | float):  # float64: a float survives a resume exactly
+        return {name: torch.tensor(state, dtype=torch.float64 if isinstance(state, float)
+                                   else None)}
     items: list[tuple[str, Any]]
     if is_dataclass(state) and not isinstance(state, type):
         items = [(f.name, getattr(state, f.name)) for f in fields(state)]

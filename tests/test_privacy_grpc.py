@@ -1,0 +1,40 @@
+"""Distributed client-level DP over real gRPC: four site processes with certificates and
+tokens clip and noise their own updates, and the run ends on the in-process run's pin."""
+
+from __future__ import annotations
+
+from fedtune.runtime.grpc.security import make_certificates
+from fedtune.store import RunStore
+
+from .deployment import Federation
+from .test_pinned_runs import BASE, CASES, as_toml, fingerprint, pinned
+
+
+def test_distributed_dp_over_grpc_matches_the_in_process_pin(tmp_path):
+    sites = [f"node-{i}" for i in range(4)]
+    pki = tmp_path / "pki"
+    make_certificates(pki, sites=sites, hosts=["127.0.0.1"])
+    server = ['server.address="{address}"', f'server.tls_cert="{pki / "coordinator.pem"}"',
+              f'server.tls_key="{pki / "coordinator.key"}"',
+              f'server.client_ca="{pki / "ca.pem"}"', f'server.tokens="{pki / "tokens.toml"}"',
+              "server.wait_for_sites_s=120"]
+    name = "all-dp-distributed-adaptive"
+    fed = Federation(tmp_path, as_toml([*BASE, *CASES[name], 'run.workspace="{workspace}"',
+                                        *server]))
+    try:
+        fed.serve()
+        for site in sites:
+            fed.join(site, "--ca", str(pki / "ca.pem"), "--cert", str(pki / f"{site}.pem"),
+                     "--key", str(pki / f"{site}.key"),
+                     "--token", (pki / f"{site}.token").read_text().strip())
+        fed.finish()
+    finally:
+        fed.close()
+    assert fingerprint(tmp_path / "ws") == pinned()[name], fed.log()[-3000:]
+    store = RunStore(tmp_path / "ws")
+    try:
+        run = store.load_run("last")
+    finally:
+        store.close()
+    eps = [r["epsilon"] for r in run["rounds"] if r["round"] > 0]
+    assert len(eps) == 3 and eps == sorted(eps) and eps[0] > 0
