@@ -96,3 +96,25 @@ def test_seeded_noise_is_reproducible_and_has_the_asked_spread():
     assert abs(a.double().std().item() / 2.0 - 1) < 0.01
     with pytest.raises(ValueError, match="generator"):
         gaussian(3, 1.0, secure=False)
+
+
+def test_the_privacy_command_calibrates_without_running(tmp_path):
+    import json
+    import subprocess
+
+    from .conftest import FEDTUNE
+
+    proc = subprocess.run(
+        [FEDTUNE, "privacy", "--set", "data.num_nodes=1000", "--set", "strategy.fraction=0.1",
+         "--set", 'strategy.selection="poisson"', "--set", "run.rounds=50",
+         "--target-epsilon", "6", "--output", "json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    acc = Accountant(noise_multiplier=report["noise_multiplier"], delta=1e-5,
+                     sampling=Sampling("poisson", 1000, rate=0.1))
+    assert report["epsilon"] == pytest.approx(acc.epsilon(50)) and report["epsilon"] <= 6
+    assert not (tmp_path / ".fedtune").exists(), "nothing ran, nothing was stored"
+    bad = subprocess.run([FEDTUNE, "privacy", "--set", "privacy.delta=0.5"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "privacy.delta = 0.5 is not below 1 / 10" in bad.stderr

@@ -22,6 +22,7 @@ from rich.table import Table
 from . import catalog
 from .catalog import LazyRegistry
 from .errors import FedtuneError
+from .privacy.cli import privacy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedtune: hybrid centralized-decentralized (federated) fine-tuning.")
@@ -382,6 +383,9 @@ def show_config(config: Annotated[Path | None, typer.Argument()] = None,
         _fail(exc)
         return
     sys.stdout.write(json.dumps(cfg.model_dump(), indent=2) + "\n")
+
+
+app.command("privacy")(privacy)
 
 
 def main() -> None:

@@ -55,16 +55,12 @@ def round_parts(cfg: RunConfig, runtime: Runtime) -> list[RoundPart]:
     """The round parts a config asks for."""
     parts: list[RoundPart] = []
     if cfg.privacy.mode != "off":
-        from .privacy.accountant import Sampling
+        from .privacy.accountant import sampling_for
         from .privacy.client_dp import ClientDP
 
         s = cfg.strategy
-        n = population(runtime, "privacy.mode")
-        if s.selection == "poisson":
-            sampling = Sampling("poisson", n, rate=s.fraction)
-        else:
-            size = s.count if s.count else max(s.min_nodes, round(s.fraction * n))
-            sampling = Sampling("fixed", n, size=min(size, n))
+        sampling = sampling_for(s.selection, population=population(runtime, "privacy.mode"),
+                                fraction=s.fraction, count=s.count, min_nodes=s.min_nodes)
         try:
             parts.append(ClientDP(cfg.privacy, sampling, min_nodes=s.min_nodes,
                                   seed=cfg.run.seed, rounds=cfg.run.rounds))

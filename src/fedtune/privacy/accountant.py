@@ -55,6 +55,16 @@ class Sampling:
         return self.rate * self.population if self.kind == "poisson" else float(self.size)
 
 
+def sampling_for(selection: str, *, population: int, fraction: float, count: int,
+                 min_nodes: int) -> Sampling:
+    """The sampling a ``[strategy]`` section makes over ``population`` sites (what
+    :mod:`fedtune.algorithms.selection` does)."""
+    if selection == "poisson":
+        return Sampling("poisson", population, rate=fraction)
+    size = count if count else max(min_nodes, round(fraction * population))
+    return Sampling("fixed", population, size=min(size, population))
+
+
 class Accountant:
     """Epsilon of r rounds (each a sampled Gaussian of ``noise_multiplier``) at ``delta``."""
 

@@ -1,0 +1,73 @@
+"""``fedtune privacy``: the epsilon a config would spend, or the noise a target needs,
+without running anything."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError, FedtuneError
+
+
+def privacy(
+    config: Annotated[Path | None, typer.Argument(help="TOML config; none = default")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(
+        help="calibrate: the noise multiplier that spends this epsilon in run.rounds")] = None,
+    sites: Annotated[int, typer.Option(
+        help="sites that may take part (default: data.num_nodes)")] = 0,
+    output: Annotated[str, typer.Option(help="table or json")] = "table",
+) -> None:
+    """The (epsilon, delta) of a config's client-level DP after its rounds, or (with
+    --target-epsilon) the noise multiplier that meets a target. Nothing is trained."""
+    from ..config import load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+        report = privacy_report(cfg, sites=sites or cfg.data.num_nodes,
+                                target_epsilon=target_epsilon)
+    except FedtuneError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(2) from None
+    if output == "json":
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    table = Table(title="fedtune privacy (client-level DP)", show_header=False)
+    for key, value in report.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def privacy_report(cfg: Any, *, sites: int, target_epsilon: float | None) -> dict[str, Any]:
+    """What :func:`privacy` prints, as a dict."""
+    from .accountant import Accountant, calibrate, sampling_for
+
+    p, s, rounds = cfg.privacy, cfg.strategy, cfg.run.rounds
+    if p.delta >= 1 / sites:
+        raise ConfigError(f"privacy.delta = {p.delta:g} is not below 1 / {sites} sites; "
+                          "lower privacy.delta")
+    sampling = sampling_for(s.selection, population=sites, fraction=s.fraction, count=s.count,
+                            min_nodes=s.min_nodes)
+    z = p.noise_multiplier
+    out: dict[str, Any] = {"sites": sites, "rounds": rounds, "delta": p.delta,
+                           "expected_sites_per_round": sampling.expected_sites}
+    if target_epsilon is not None:
+        z = calibrate(target_epsilon, delta=p.delta, rounds=rounds, sampling=sampling,
+                      method=p.accountant)
+        out["target_epsilon"] = target_epsilon
+        out["set"] = f"--set privacy.noise_multiplier={z:.4f}"
+    acc = Accountant(noise_multiplier=z, sampling=sampling, delta=p.delta, method=p.accountant)
+    out.update({"noise_multiplier": z, "epsilon": acc.epsilon(rounds),
+                "epsilon_rdp": acc.epsilon_rdp(rounds), "bound": acc.bound})
+    if p.max_epsilon is not None:
+        out["rounds_within_max_epsilon"] = acc.rounds_within(p.max_epsilon, rounds)
+    if p.mode == "off" and target_epsilon is None:
+        out["note"] = ("privacy.mode = \"off\": this config adds no noise; the figures are "
+                       "what privacy.mode = \"central\" would give")
+    return out
