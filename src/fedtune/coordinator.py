@@ -39,6 +39,7 @@ from .node.instructions import NodeInstructions
 from .node.node import Workbench
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
+from .privacy.sample_level import reported_epsilon
 from .round_parts import round_parts
 from .run_health import RunHealth, max_examples
 from .runtime.base import Reply, Runtime
@@ -225,7 +226,7 @@ class Coordinator:
         vector: torch.Tensor | Callable[[], torch.Tensor] = \
             update if update is not None else res.update
         for part in self.round_parts:
-            vector = part.receive(vector, res.aux, self.state.parts[part.name])
+            vector = part.receive(vector, res.aux, self.state.parts[part.name], res.node_id)
         if position is None:
             fold.append(vector, weight, float(res.num_steps), dc)
         else:
@@ -256,7 +257,7 @@ class Coordinator:
             return res, NodeRoundRecord(round_, node_id, "fit", res.num_examples,
                                         res.num_steps, res.train_loss, m.wall_s, m.cpu_s,
                                         reply.bytes_down, reply.bytes_up, m.energy_j, m.co2_g,
-                                        m.energy_method)
+                                        m.energy_method, reported_epsilon(res.aux))
         log.warning("round %d: dropped node %s: %s", round_, node_id, problem)
         return None, NodeRoundRecord(round_, node_id, "failed", 0, 0, float("nan"), 0.0, 0.0,
                                      reply.bytes_down, reply.bytes_up, 0.0, 0.0,

@@ -56,6 +56,11 @@ class FlatModel:
         self.grad.untyped_storage().resize_(0)
 
     @property
+    def params(self) -> list[nn.Parameter]:
+        """The trainable parameters, in the order of the flat vector."""
+        return list(self._params)
+
+    @property
     def device(self) -> torch.device:
         return self.vector.device
 

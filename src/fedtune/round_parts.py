@@ -7,7 +7,7 @@ figures to the round's record (``round_metrics``), may stop the run before a rou
 (``stop_reason``) and reports at the end (``summary``). Its state is a part of the
 coordinator's state (:mod:`fedtune.coordinator_state`), so it is in every snapshot and a
 resumed run continues with it. Client-level differential privacy is one
-(:class:`fedtune.privacy.client_dp.ClientDP`).
+(:class:`fedtune.privacy.client_dp.ClientDP`), the report of sample-level DP another.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class RoundPart(Protocol):
     def adapt(self, strategy: Strategy) -> Strategy: ...
     def init(self) -> Any: ...
     def node_config(self, state: Any) -> dict[str, float | bool]: ...
-    def receive(self, update: Update, aux: dict[str, torch.Tensor], state: Any) -> Update: ...
+    def receive(self, update: Update, aux: dict[str, torch.Tensor], state: Any,
+                node_id: str) -> Update: ...
     def release(self, delta: torch.Tensor, state: Any, round_: int) -> torch.Tensor: ...
     def after_round(self, state: Any) -> None: ...
     def round_metrics(self, state: Any) -> dict[str, float]: ...
@@ -66,4 +67,8 @@ def round_parts(cfg: RunConfig, runtime: Runtime) -> list[RoundPart]:
                                   seed=cfg.run.seed, rounds=cfg.run.rounds))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if cfg.privacy.sample_dp:
+        from .privacy.sample_level import SampleLevelReport
+
+        parts.append(SampleLevelReport(cfg.privacy, cfg.run.rounds))
     return parts

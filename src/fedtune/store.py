@@ -60,15 +60,16 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 RESUMABLE = ("incomplete", "crashed", "interrupted")
+# (table, column, type) added to stores written by older versions
 MIGRATIONS = [("states", "sha256", "TEXT"), ("checkpoints", "sha256", "TEXT"),
-              ("rounds", "epsilon", "REAL")]  # (table, column, type) added to older stores
+              ("rounds", "epsilon", "REAL"), ("node_metrics", "epsilon", "REAL")]
 log = logging.getLogger("fedtune.store")
 
 
 ROUND_COLUMNS = ["round", "nodes", "failed", "train_loss", "test_loss", "test_accuracy",
                  "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "epsilon"]
 NODE_COLUMNS = ["round", "node_id", "phase", "examples", "steps", "train_loss", "wall_s",
-                "cpu_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "energy_method"]
+                "cpu_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "energy_method", "epsilon"]
 
 
 def _pid_alive(pid: int | None) -> bool:

@@ -133,6 +133,7 @@ class NodeRoundRecord:
     energy_j: float
     co2_g: float
     energy_method: str
+    epsilon: float | None = None  # the site's own DP-SGD epsilon after this fit (sample-level)
 
 
 @dataclass

@@ -42,6 +42,8 @@ class FitContext:
     steps: int = 0
     out_aux: dict[str, torch.Tensor] = field(default_factory=dict)
     encoding: str = ""
+    num_train: int = 0  # the node's training examples
+    dp: Any = None  # sample-level DP-SGD for this round (fedtune.privacy.dp_sgd.DPSGD)
 
 
 class NodeHook(Protocol):
@@ -111,6 +113,10 @@ class UplinkTransforms:
 def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor]) -> list[NodeHook]:
     """The hooks one round runs, in order, from its instructions."""
     hooks: list[NodeHook] = []
+    if instructions.dp_sample_clip > 0:
+        from ..privacy.site import SampleDP
+
+        hooks.append(SampleDP(instructions))
     if "scaffold_c" in aux:
         hooks.append(ScaffoldNode())
     if instructions.plan.keep_optimizer_state:

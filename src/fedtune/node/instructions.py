@@ -30,6 +30,12 @@ class NodeInstructions:
     dp_noise_std: float = 0.0
     dp_bit_noise_std: float = 0.0
     dp_secure: bool = True
+    # sample-level DP-SGD (fedtune.privacy.dp_sgd): 0 = off
+    dp_sample_clip: float = 0.0
+    dp_sample_noise: float = 0.0
+    dp_sample_epsilon: float = 0.0
+    dp_sample_delta: float = 1e-5
+    dp_rounds: int = 0
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:
@@ -40,13 +46,10 @@ class NodeInstructions:
                                f"known: {', '.join(sorted(PLAN_KEYS | other))} (are the "
                                "coordinator and this site the same fedtune version?)")
         plan = LocalPlan(**{k: v for k, v in config.items() if k in PLAN_KEYS})
-        return NodeInstructions(
-            plan, uplink=str(config.get("uplink", "")),
-            error_feedback=bool(config.get("error_feedback", False)),
-            block=int(config.get("block", 256)), dp_clip=float(config.get("dp_clip", 0.0)),
-            dp_noise_std=float(config.get("dp_noise_std", 0.0)),
-            dp_bit_noise_std=float(config.get("dp_bit_noise_std", 0.0)),
-            dp_secure=bool(config.get("dp_secure", True)))
+        typed = {f.name: f.type for f in fields(NodeInstructions) if f.name != "plan"}
+        cast = {"str": str, "bool": bool, "int": int, "float": float}
+        return NodeInstructions(plan, **{k: cast[str(typed[k])](v) for k, v in config.items()
+                                         if k in typed})
 
 
 @dataclass(frozen=True)

@@ -154,12 +154,16 @@ class Node:
                 ins.config, ins.aux)
         flat.load_(ins.params)
         self._seed_model_randomness(ins.round)
+        data = self.data
         ctx = FitContext(ins.round, ins.params, ins.aux, instructions, self.state,
-                         seed=derived_seed(self.seed, ins.round, self.node_id, "up"))
+                         seed=derived_seed(self.seed, ins.round, self.node_id, "up"),
+                         num_train=data.num_train)
         for hook in hooks:
             hook.before_fit(ctx)
-        data = self.data
         if bench.task.train_fn is not None:
+            if ctx.dp is not None:
+                raise MessageError("privacy.sample_dp needs fedtune's own local loop; this "
+                                   "task has a custom train_fn")
             steps = bench.task.train_fn(flat.module, data.x_train, data.y_train, plan,
                                         self._generator(ins.round, "fit"))
             flat.reseat_grads()  # user code may have set .grad to None
@@ -170,7 +174,7 @@ class Node:
                 flat, data.x_train, data.y_train, bench.task.loss_fn, plan,
                 self._generator(ins.round, "fit"),
                 prox_center=ins.params if plan.prox_mu else None, correction=ctx.correction,
-                optimizer_state=ctx.optimizer_state)
+                optimizer_state=ctx.optimizer_state, dp=ctx.dp)
             steps, examples, loss = stats.steps, stats.examples, stats.mean_loss
         ctx.update, ctx.steps = flat.vector - ins.params, steps
         for hook in hooks:

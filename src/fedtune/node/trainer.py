@@ -14,13 +14,17 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..params import FlatModel
 from ..task import LossFn
+
+if TYPE_CHECKING:
+    from ..privacy.dp_sgd import DPSGD
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,10 @@ def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
                   prox_center: torch.Tensor | None = None,
                   correction: torch.Tensor | None = None,
                   optimizer_state: dict[str, Any] | None = None,
-                  ) -> tuple[LocalStats, dict[str, Any]]:
-    """Run ``plan`` on ``(x, y)`` starting from the model's current parameters.
+                  dp: DPSGD | None = None) -> tuple[LocalStats, dict[str, Any]]:
+    """Run ``plan`` on ``(x, y)`` starting from the model's current parameters; with ``dp``
+    (sample-level DP, :mod:`fedtune.privacy.dp_sgd`) its Poisson batches and noised
+    per-example gradients replace the shuffled batches and the batch gradient.
 
     Returns the statistics and the optimizer state (kept by the node when the plan says so).
     """
@@ -112,29 +118,44 @@ def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
     target = plan.num_steps(n)
     loss_sum = torch.zeros((), device=flat.device)
     step = examples = 0
-    while step < target:
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for start in range(0, n, plan.batch_size):
-            idx = order[start:start + plan.batch_size]
+    batches = dp.batches(target, generator, x.device) if dp is not None \
+        else _shuffled(n, plan.batch_size, target, generator, x.device)
+    for idx in batches:
+        if dp is not None:
+            loss = dp.backward(flat, x[idx], y[idx], loss_fn, step)
+        else:
             flat.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()  # type: ignore[no-untyped-call]
-            if prox_center is not None and plan.prox_mu:
-                flat.grad.add_(flat.vector - prox_center, alpha=plan.prox_mu)
-            if correction is not None:
-                flat.grad.add_(correction)
-            if plan.max_grad_norm:
-                norm = flat.grad.norm()
-                flat.grad.mul_(torch.clamp(plan.max_grad_norm / (norm + 1e-12), max=1.0))
-            with torch.no_grad():
-                opt.step()
-            loss_sum += loss.detach()
-            step += 1
-            examples += int(idx.shape[0])
-            if step >= target:
-                break
+        if prox_center is not None and plan.prox_mu:
+            flat.grad.add_(flat.vector - prox_center, alpha=plan.prox_mu)
+        if correction is not None:
+            flat.grad.add_(correction)
+        if plan.max_grad_norm:
+            norm = flat.grad.norm()
+            flat.grad.mul_(torch.clamp(plan.max_grad_norm / (norm + 1e-12), max=1.0))
+        with torch.no_grad():
+            opt.step()
+        loss_sum += loss.detach()
+        step += 1
+        examples += int(idx.shape[0])
+    if dp is not None:  # Poisson batches vary in size: report the expected count
+        examples = round(step * dp.rate * dp.n)
     stats = LocalStats(steps=step, examples=examples, mean_loss=float(loss_sum) / max(step, 1))
     return stats, opt.state()
+
+
+def _shuffled(n: int, batch_size: int, steps: int, generator: torch.Generator,
+              device: torch.device) -> Iterator[torch.Tensor]:
+    """``steps`` batches of consecutive slices of a fresh permutation per epoch."""
+    step = 0
+    while step < steps:
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size]
+            step += 1
+            if step >= steps:
+                return
 
 
 @torch.no_grad()

@@ -100,7 +100,8 @@ class ClientDP:
                 "dp_secure": self.s.secure_rng}
 
     # -- the round -----------------------------------------------------------------------
-    def receive(self, update: Update, aux: dict[str, torch.Tensor], state: DPState) -> Update:
+    def receive(self, update: Update, aux: dict[str, torch.Tensor], state: DPState,
+                node_id: str) -> Update:
         """One update on its way into the fold: clipped here (central), or counted by the
         clip bit its site sent (distributed)."""
         if self.s.mode == "distributed":

@@ -42,6 +42,12 @@ class PrivacySection(BaseModel):
     max_epsilon: float | None = Field(None, gt=0)
     accountant: Literal["pld", "rdp"] = "pld"
     secure_rng: bool = True  # false: seeded noise, equal in every runtime, NOT private
+    # sample-level DP-SGD inside every site (fedtune.privacy.dp_sgd)
+    sample_dp: bool = False
+    sample_clip: float = Field(1.0, gt=0)  # per-example gradient L2 bound
+    sample_noise_multiplier: float = Field(1.0, gt=0)
+    sample_epsilon: float | None = Field(None, gt=0)  # each site calibrates its own noise
+    sample_delta: float = Field(1e-5, gt=0, lt=1)
 
 
 def privacy_defaults(raw: dict[str, Any]) -> dict[str, Any]:

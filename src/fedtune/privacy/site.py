@@ -1,4 +1,6 @@
-"""A site's part of distributed client-level DP: a node hook that clips the site's own update
+"""A site's parts of differential privacy, as node hooks.
+
+:class:`SiteDP`, distributed client-level DP: a node hook that clips the site's own update
 to the clip it is told, adds its share of the Gaussian noise, and (adaptive clipping) sends
 whether its update was within the clip as a noised bit, ``aux["dp_clip_bit"]``.
 
@@ -8,13 +10,17 @@ variance (z C)^2 that the accountant assumes (McMahan et al. 2018, with the nois
 sites as in distributed DP, Kairouz et al. 2021, "The Distributed Discrete Gaussian
 Mechanism"). Runs after training and before the uplink's compression, which is
 post-processing of the noised update.
+
+:class:`SampleDP`, sample-level DP-SGD inside the site (:mod:`fedtune.privacy.dp_sgd`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..errors import MessageError
 from ..node.hooks import FitContext
+from ..node.instructions import NodeInstructions
 from .noise import gaussian
 
 
@@ -44,3 +50,42 @@ class SiteDP:
         if self.bit_noise_std > 0:
             bit = float(within) + float(noise[-1]) * self.bit_noise_std
             ctx.out_aux["dp_clip_bit"] = torch.tensor([bit], dtype=torch.float32)
+
+
+class SampleDP:
+    """Sample-level DP-SGD at this site (:mod:`fedtune.privacy.dp_sgd`): sets up the round's
+    DP-SGD and reports the site's epsilon after all its steps so far as
+    ``aux["dp_sample_epsilon"]``. The steps taken and a calibrated sigma are the node's own
+    state (rolled back if a round is asked twice)."""
+
+    mutable: tuple[str, ...] = ("dp_sample_steps", "dp_sample_sigma")
+
+    def __init__(self, instructions: NodeInstructions) -> None:
+        self.ins = instructions
+
+    def before_fit(self, ctx: FitContext) -> None:
+        from .dp_sgd import DPSGD, site_sigma
+
+        ins, n = self.ins, ctx.num_train
+        if ins.dp_sample_delta >= 1 / n:
+            raise MessageError(f"privacy.sample_delta = {ins.dp_sample_delta:g} is not below "
+                               f"1 / {n} examples at this site; lower privacy.sample_delta")
+        rate = min(1.0, ins.plan.batch_size / n)
+        sigma = ins.dp_sample_noise
+        if ins.dp_sample_epsilon > 0:
+            sigma = ctx.state.get("dp_sample_sigma") or site_sigma(
+                target_epsilon=ins.dp_sample_epsilon, rate=rate, n=n,
+                steps=max(1, ins.dp_rounds) * ins.plan.num_steps(n), delta=ins.dp_sample_delta)
+            ctx.state["dp_sample_sigma"] = sigma
+        ctx.dp = DPSGD(clip=ins.dp_sample_clip, sigma=sigma, rate=rate, n=n,
+                       secure=ins.dp_secure, seed=ctx.seed ^ 0x5A3)
+
+    def after_fit(self, ctx: FitContext) -> None:
+        from .dp_sgd import site_epsilon
+
+        steps = int(ctx.state.get("dp_sample_steps", 0)) + ctx.steps
+        ctx.state["dp_sample_steps"] = steps
+        dp = ctx.dp
+        eps = site_epsilon(sigma=dp.sigma, rate=dp.rate, n=dp.n, steps=steps,
+                           delta=self.ins.dp_sample_delta)
+        ctx.out_aux["dp_sample_epsilon"] = torch.tensor([eps], dtype=torch.float64)

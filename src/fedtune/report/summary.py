@@ -41,6 +41,7 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "wall_s": result.wall_s,
         "baselines": result.extra.get("baselines", {}),
         "privacy": result.extra.get("privacy"),
+        "sample_privacy": result.extra.get("sample_privacy"),
         "stopped": result.extra.get("stopped", ""),
     })
     return summary
@@ -86,6 +87,9 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
     privacy = summary.get("privacy")
     if privacy:
         table.add_row("privacy", privacy_line(privacy))
+    sample = summary.get("sample_privacy")
+    if sample:
+        table.add_row("privacy, inside sites", sample_privacy_line(sample))
     if summary.get("stopped"):
         table.add_row("stopped early", summary["stopped"])
     table.add_row("bytes", f"down {_mb(summary['bytes_down'])}, up {_mb(summary['bytes_up'])}")
@@ -101,6 +105,18 @@ def privacy_line(p: dict[str, Any]) -> str:
     line = (f"{p['level']}-level DP ({p['mode']}): ε = {p['epsilon']:.3g} at δ = {p['delta']:g} "
             f"after {p['rounds']} rounds ({p['bound']}; RDP {p['epsilon_rdp']:.3g}), noise "
             f"multiplier {p['noise_multiplier']:g}, clip {p['clip']:.3g}")
+    if not p.get("private", True):
+        line += " — NOT PRIVATE: the noise was seeded (privacy.secure_rng = false)"
+    return line
+
+
+def sample_privacy_line(p: dict[str, Any]) -> str:
+    """One line on the sites' own DP-SGD guarantees."""
+    if p.get("epsilon_max") is None:
+        return "sample-level DP-SGD: no site reported an epsilon"
+    line = (f"sample-level DP-SGD: each site's ε at δ = {p['delta']:g}: max "
+            f"{p['epsilon_max']:.3g}, median {p['epsilon_median']:.3g} over "
+            f"{len(p['sites'])} sites")
     if not p.get("private", True):
         line += " — NOT PRIVATE: the noise was seeded (privacy.secure_rng = false)"
     return line
