@@ -123,7 +123,8 @@ def ray_instance():
     mp.undo()
 
 
-@pytest.mark.parametrize("name", ["fedyogi", "fednova-steps", "all-dp-distributed-adaptive"])
+@pytest.mark.parametrize("name", ["fedyogi", "fednova-steps", "all-dp-distributed-adaptive",
+                                  "all-sample-dp"])
 def test_ray_run_matches_the_same_pin(name, tmp_path, ray_instance):
     digest = run_case(name, tmp_path / "ws", 'runtime.kind="ray"', "runtime.ray_actors=2",
                       "runtime.ray_cpus_per_actor=0.5")

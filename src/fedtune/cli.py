@@ -22,7 +22,7 @@ from rich.table import Table
 from . import catalog
 from .catalog import LazyRegistry
 from .errors import FedtuneError
-from .privacy.cli import privacy
+from .privacy.cli import audit, privacy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedtune: hybrid centralized-decentralized (federated) fine-tuning.")
@@ -300,16 +300,10 @@ def show(run_id: Annotated[str, typer.Argument(help="run id, unique prefix, or '
         return
     result = data["result"]
     if result and "error" not in result:
-        from .report.summary import _clean
+        from .privacy.audit_store import latest_overall, stored_audits
+        from .report.summary import stored_summary
 
-        summary = _clean({**{k: result[k] for k in ("run_id", "status", "energy_method",
-                                                    "wall_s")},
-                          "rounds": len(rounds), "test_accuracy": result["final_test_accuracy"],
-                          "node_accuracy_global": result["fairness_global"],
-                          "node_accuracy_personalized": result["fairness_personalized"],
-                          "bytes_down": result["total_bytes_down"],
-                          "bytes_up": result["total_bytes_up"],
-                          "energy_j": result["total_energy_j"], "co2_g": result["total_co2_g"]})
+        summary = stored_summary(data, latest_overall(stored_audits(store, data["run_id"])))
         out.print(summary_table(summary, title=f"run {data['run_id']} ({data['name']})"))
         return
     table = Table(title=f"run {data['run_id']} ({data['name']}): {data['status']}")
@@ -386,6 +380,7 @@ def show_config(config: Annotated[Path | None, typer.Argument()] = None,
 
 
 app.command("privacy")(privacy)
+app.command("audit")(audit)
 
 
 def main() -> None:

@@ -71,3 +71,43 @@ def privacy_report(cfg: Any, *, sites: int, target_epsilon: float | None) -> dic
         out["note"] = ("privacy.mode = \"off\": this config adds no noise; the figures are "
                        "what privacy.mode = \"central\" would give")
     return out
+
+
+def audit(
+    run_id: Annotated[str, typer.Argument(help="run id, unique prefix, or 'last'")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="folder of the run store")
+                         ] = ".fedtune",
+    max_sites: Annotated[int, typer.Option(help="attack at most this many sites (sampled)")
+                         ] = 100,
+    output: Annotated[str, typer.Option(help="table or json")] = "table",
+) -> None:
+    """Membership-inference audit of a finished run's global model: per site, how well a
+    loss-threshold and a calibrated attack tell its training examples from held-out ones."""
+    from ..store import RunStore
+    from .audit import audit_run
+    from .audit_store import save_audit
+
+    try:
+        store = RunStore(workspace)
+        try:
+            report = audit_run(store.load_run(run_id), max_sites=max_sites)
+            save_audit(store, report)
+        finally:
+            store.close()
+    except FedtuneError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(2) from None
+    if output == "json":
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    table = Table(title=f"membership-inference audit of run {report['run_id']} "
+                        f"({report['sites']} sites)")
+    for col in ("attack", "AUC (0.5 = no leak)", "TPR at 1 % FPR", "members / non-members"):
+        table.add_column(col)
+    for attack, o in report["overall"].items():
+        table.add_row(attack, f"{o['auc']:.4f}", f"{o['tpr_at_1pct_fpr']:.4f}",
+                      f"{o['members']} / {o['nonmembers']}")
+    Console().print(table)
+    dp = [d for d in (report["client_dp"], report["sample_dp"]) if d]
+    Console().print("the run had " + (", ".join(f"{d['level']}-level DP" for d in dp)
+                                      if dp else "no differential privacy"))

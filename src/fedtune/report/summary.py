@@ -47,6 +47,25 @@ def result_summary(result: RunResult) -> dict[str, Any]:
     return summary
 
 
+def stored_summary(data: dict[str, Any],
+                   audit: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A :func:`result_summary` of a stored run (``RunStore.load_run``), with its latest
+    privacy audit when there is one."""
+    result = data["result"]
+    extra = result.get("extra", {})
+    summary: dict[str, Any] = _clean({
+        **{k: result[k] for k in ("run_id", "status", "energy_method", "wall_s")},
+        "rounds": len(data["rounds"]), "test_accuracy": result["final_test_accuracy"],
+        "node_accuracy_global": result["fairness_global"],
+        "node_accuracy_personalized": result["fairness_personalized"],
+        "bytes_down": result["total_bytes_down"], "bytes_up": result["total_bytes_up"],
+        "energy_j": result["total_energy_j"], "co2_g": result["total_co2_g"],
+        "baselines": extra.get("baselines", {}), "privacy": extra.get("privacy"),
+        "sample_privacy": extra.get("sample_privacy"), "stopped": extra.get("stopped", ""),
+        "audit": audit or {}})
+    return summary
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.2f} MB"
 
@@ -90,6 +109,10 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
     sample = summary.get("sample_privacy")
     if sample:
         table.add_row("privacy, inside sites", sample_privacy_line(sample))
+    for attack, row in (summary.get("audit") or {}).items():
+        table.add_row(f"membership audit ({attack})",
+                      f"AUC {row['auc']:.4f}, TPR at 1 % FPR {row['tpr_at_1pct_fpr']:.4f} "
+                      f"({row['members']} members, {row['nonmembers']} held out)")
     if summary.get("stopped"):
         table.add_row("stopped early", summary["stopped"])
     table.add_row("bytes", f"down {_mb(summary['bytes_down'])}, up {_mb(summary['bytes_up'])}")
