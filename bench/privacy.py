@@ -8,9 +8,12 @@ noise multiplier ``fedtune privacy`` calibrates for epsilon = 8 at delta = 1e-5 
 accountant), against the same federation without noise or clipping. Goal: within 5 points.
 
 sample-dp: 4 silos holding the Wisconsin breast-cancer data (a 4-centre medical task, as in
-the cross-silo study that lost about 1 point at epsilon = 1), 20 rounds; every site runs
-DP-SGD calibrated by itself to epsilon = 1 at delta = 1e-5 over the whole run, against the
-same federation without DP-SGD. Goal: within 3 points. A second row, sample-dp-small-sites,
+the cross-silo study that lost about 1 point at epsilon = 1), 10 rounds of one local epoch in
+batches of 64 at lr 0.1 (DP-SGD's noise is relatively smaller in larger batches); every site
+runs DP-SGD calibrated by itself to epsilon = 1 at delta = 1e-5 over the whole run, against
+the same federation without DP-SGD. The test set has 113 patients (one is 0.9 points) and the
+noise is fresh in every run, so the private accuracy is the mean of three runs. Goal: within
+3 points. A second row, sample-dp-small-sites,
 does the same on digits (about 290 training images per site), where epsilon = 1 costs far
 more: said, not hidden.
 
@@ -65,19 +68,23 @@ def client_dp() -> dict:
             "accuracy_drop_pts": 100 * (plain - private)}
 
 
-SILOS = ["data.num_nodes=4", 'data.partition="iid"', "run.rounds=20",
-         "evaluation.personalize_steps=0", "energy.enabled=false"]
+SILOS = ["data.num_nodes=4", 'data.partition="iid"', "run.rounds=10", "local.batch_size=64",
+         "local.lr=0.1", "evaluation.personalize_steps=0", "energy.enabled=false"]
+REPEATS = 3
 
 
 def sample_dp(dataset: str, setting: str) -> dict:
     silos = [*SILOS, f'data.dataset="{dataset}"']
     plain, _ = accuracy([], silos)
-    private, spent = accuracy(["privacy.sample_dp=true", "privacy.sample_epsilon=1",
-                               f"privacy.sample_delta={DELTA}"], silos)
+    runs = [accuracy(["privacy.sample_dp=true", "privacy.sample_epsilon=1",
+                      f"privacy.sample_delta={DELTA}"], silos) for _ in range(REPEATS)]
+    private = sum(acc for acc, _ in runs) / REPEATS
+    spent = runs[0][1]
     return {"bench": "privacy", "setting": setting, "dataset": dataset, "sites": 4,
-            "epsilon": spent["epsilon_max"], "epsilon_median": spent["epsilon_median"],
-            "delta": DELTA, "accuracy": private, "accuracy_nonprivate": plain,
-            "accuracy_drop_pts": 100 * (plain - private)}
+            "epsilon": max(s["epsilon_max"] for _, s in runs),
+            "epsilon_median": spent["epsilon_median"], "delta": DELTA,
+            "accuracy": private, "accuracy_runs": [acc for acc, _ in runs],
+            "accuracy_nonprivate": plain, "accuracy_drop_pts": 100 * (plain - private)}
 
 
 OVERFIT = ['data.dataset="mnist1d"', "data.num_nodes=4", 'data.partition="iid"',
