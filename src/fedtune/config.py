@@ -24,6 +24,7 @@ from .catalog import (
 )
 from .errors import ConfigError
 from .privacy.settings import PrivacySection, check_privacy, privacy_defaults
+from .secagg.settings import SecAggSection, check_secagg, secagg_defaults
 
 if TYPE_CHECKING:
     from .algorithms.strategy import StrategyParams
@@ -111,7 +112,7 @@ class StrategySection(Section):
     prox_mu: float = Field(0.01, ge=0)
     aggregator: str = "mean"
     trim: float = Field(0.1, ge=0, lt=0.5)
-    mode: Literal["sync", "async"] = "sync"
+    mode: Literal["sync", "async", "secagg"] = "sync"
     async_buffer: int = Field(5, ge=1)
     async_concurrency: int = Field(10, ge=1)
     staleness_exponent: float = Field(0.5, ge=0)
@@ -248,6 +249,7 @@ class RunConfig(Section):
     server: ServerSection = ServerSection()
     runtime: RuntimeSection = RuntimeSection()
     privacy: PrivacySection = PrivacySection()
+    secagg: SecAggSection = SecAggSection()
 
     @model_validator(mode="before")
     @classmethod
@@ -261,7 +263,7 @@ class RunConfig(Section):
             getattr(strategy, "name", "fedavg")
         if name not in STRATEGY_NAMES:
             return data  # the strategy section's own check names the problem
-        out = privacy_defaults(dict(data))
+        out = secagg_defaults(privacy_defaults(dict(data)))
         run = out.get("run", {})
         if isinstance(run, dict) and "name" not in run:  # a name that says what runs
             d = out.get("data", {})
@@ -288,6 +290,7 @@ class RunConfig(Section):
             raise ValueError("strategy.selection = \"poisson\" takes each node with "
                              "probability strategy.fraction; strategy.count must stay 0")
         check_privacy(self)
+        check_secagg(self)
         return self
 
 

@@ -187,8 +187,12 @@ class Coordinator:
         return FitRes(res.node_id, res.round, dense.to(self.device),
                       res.num_examples, res.num_steps, res.train_loss, aux, res.meter)
 
-    def valid(self, res: FitRes) -> str | None:
-        """Why ``res`` cannot be folded (shape, dtype, finiteness, claimed examples), or None."""
+    def valid(self, res: FitRes, *, masked: bool = False) -> str | None:
+        """Why ``res`` cannot be folded (shape, dtype, finiteness, claimed examples), or None.
+        ``masked``: the update travels later, masked (secure aggregation), so only the
+        claimed examples are checked here."""
+        if masked:
+            return self._examples_problem(res)
         if res.update.shape != (self.numel,) or res.update.dtype != torch.float32:
             return (f"update has shape {tuple(res.update.shape)} and dtype {res.update.dtype}, "
                     f"expected ({self.numel},) float32")
@@ -198,6 +202,9 @@ class Coordinator:
         if (res.encoding or not self.runtime.capabilities.checks_finite) \
                 and not (all_finite(res.update) and (dc is None or all_finite(dc))):
             return "update holds NaN or infinite values"
+        return self._examples_problem(res)
+
+    def _examples_problem(self, res: FitRes) -> str | None:
         if not res.num_examples >= 1:
             return f"update claims {res.num_examples} examples"
         known = self.runtime.train_examples(res.node_id)

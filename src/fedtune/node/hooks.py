@@ -126,6 +126,12 @@ def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor]) -> l
 
         hooks.append(SiteDP(instructions.dp_clip, instructions.dp_noise_std,
                             instructions.dp_bit_noise_std, instructions.dp_secure))
+    if instructions.secagg_bits:  # after any DP noise; the update then leaves masked
+        from ..secagg.masking import Ring
+        from ..secagg.protocol import SecAggInput
+
+        hooks.append(SecAggInput(Ring(instructions.secagg_bits, instructions.secagg_clip,
+                                      instructions.secagg_summands)))
     if instructions.uplink:
         hooks.append(UplinkTransforms(uplink_chain(
             instructions.uplink, error_feedback=instructions.error_feedback,

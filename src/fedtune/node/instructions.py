@@ -36,6 +36,10 @@ class NodeInstructions:
     dp_sample_epsilon: float = 0.0
     dp_sample_delta: float = 1e-5
     dp_rounds: int = 0
+    # secure aggregation (fedtune.secagg): 0 = off
+    secagg_bits: int = 0
+    secagg_clip: float = 1.0
+    secagg_summands: int = 0
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:

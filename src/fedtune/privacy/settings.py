@@ -74,7 +74,8 @@ def check_privacy(cfg: RunConfig) -> None:
         (s.name in ("scaffold", "fednova"), f"strategy.name = {s.name!r} sends unclipped "
          "control variates or step-normalized updates; use fedavg, fedavgm, fedprox, fedadam, "
          "fedyogi, fedadagrad or diloco"),
-        (s.mode != "sync", "strategy.mode = \"async\" is not accounted for; use \"sync\""),
+        (s.mode == "async", "strategy.mode = \"async\" is not accounted for; use \"sync\" "
+         "or \"secagg\""),
         (cfg.server.stragglers == "stale", "server.stragglers = \"stale\" folds updates outside "
          "their round's sample; use \"drop\""),
         (p.adaptive_clip and p.clip_count_noise is not None

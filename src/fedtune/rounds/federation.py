@@ -25,7 +25,14 @@ from .sync import run_sync_rounds
 log = logging.getLogger("fedtune")
 
 Driver = Callable[[Coordinator, int], None]
-DRIVERS: dict[str, Driver] = {"sync": run_sync_rounds, "async": run_buffered_async}
+def _secagg(coord: Coordinator, first_round: int) -> None:
+    from ..secagg.driver import run_secagg_rounds
+
+    run_secagg_rounds(coord, first_round)
+
+
+DRIVERS: dict[str, Driver] = {"sync": run_sync_rounds, "async": run_buffered_async,
+                              "secagg": _secagg}
 
 
 def run_federation(coord: Coordinator) -> RunResult:

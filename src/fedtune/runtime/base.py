@@ -16,7 +16,7 @@ its memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,6 +82,12 @@ class Runtime(Protocol):
         """Send one instruction of any registered kind to ``node_ids`` and yield their
         replies as they come (:meth:`fit` and :meth:`evaluate` are this for FitIns and
         EvalIns; a new round driver's stages use it directly)."""
+        ...
+
+    def exchange_each(self, messages: Mapping[str, Any]) -> Iterator[Reply]:
+        """Send each node its own instruction (one registered kind, one round: a protocol
+        stage whose content differs per node, such as secure aggregation's shares) and
+        yield the replies as they come."""
         ...
 
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import io
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,10 @@ class InProcessRuntime:
         down = encoded_size(ins)  # one broadcast, one size
         for node_id in node_ids:
             yield self._call(node_id, ins, down)
+
+    def exchange_each(self, messages: Mapping[str, Any]) -> Iterator[Reply]:
+        for node_id, ins in messages.items():
+            yield self._call(node_id, ins)
 
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
         return self.exchange(node_ids, ins)

@@ -13,7 +13,7 @@ in-process run's.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +32,9 @@ class _NodeHost:
                  threads: int) -> None:
         from ..energy import EnergyMeter, carbon_intensity
         from ..node.node import Workbench
+        from ..secagg.protocol import install
 
+        install()  # secure aggregation's stages, for a run that uses them
         torch.set_num_threads(threads)
         self.device = torch.device(device)
         meter = EnergyMeter(tdp_watts=energy["tdp_watts"] or None, use_rapl=energy["rapl"])
@@ -133,17 +135,26 @@ class RayRuntime:
     def exchange(self, node_ids: Sequence[str], ins: Any) -> Iterator[Reply]:
         payload = encode(ins)
         ref = self.ray.put(payload)
-        pending = {self._where[n].call.remote(n, ref): n for n in node_ids}
+        return self._gather({n: (ref, len(payload)) for n in node_ids}, ins.round)
+
+    def exchange_each(self, messages: Mapping[str, Any]) -> Iterator[Reply]:
+        payloads = {n: encode(ins) for n, ins in messages.items()}
+        rounds = {ins.round for ins in messages.values()}
+        return self._gather({n: (p, len(p)) for n, p in payloads.items()},
+                            rounds.pop() if rounds else 0)
+
+    def _gather(self, sends: dict[str, tuple[Any, int]], round_: int) -> Iterator[Reply]:
+        pending = {self._where[n].call.remote(n, ref): n for n, (ref, _) in sends.items()}
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             node_id = pending.pop(done[0])
+            down = sends[node_id][1]
             try:
                 data = self.ray.get(done[0])
             except self.ray.exceptions.RayError as exc:
-                yield Reply(NodeFailure(node_id, ins.round, f"actor failed: {exc}"[:500]),
-                            len(payload), 0)
+                yield Reply(NodeFailure(node_id, round_, f"actor failed: {exc}"[:500]), down, 0)
                 continue
-            yield Reply(decode(data), len(payload), len(data))
+            yield Reply(decode(data), down, len(data))
 
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
         return self.exchange(node_ids, ins)

@@ -17,7 +17,7 @@ import itertools
 import logging
 import queue
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -119,6 +119,14 @@ class GrpcRuntime:
             else "task"
         return self._dispatch(kind, node_ids, ins)
 
+    def exchange_each(self, messages: Mapping[str, Any]) -> Iterator[Reply]:
+        """Each site its own instruction (one registered kind, one round)."""
+        if not messages:
+            return iter(())
+        first = next(iter(messages.values()))
+        views = {site: encode_views(ins) for site, ins in messages.items()}
+        return self._send("task", first.round, views)
+
     def fit(self, node_ids: Sequence[str], ins: FitIns) -> Iterator[Reply]:
         return self.exchange(node_ids, ins)
 
@@ -184,11 +192,18 @@ class GrpcRuntime:
     # -- dispatch ------------------------------------------------------------------------
     def _dispatch(self, kind: str, node_ids: Sequence[str], ins: Any) -> Iterator[Reply]:
         views = encode_views(ins)
-        down = sum(len(v) for v in views)
+        round_ = ins.round
+        # only the senders hold the broadcast from here: a coordinator that parks its model
+        # (server.park_model) gets the memory back when the last byte is sent
+        del ins
+        return self._send(kind, round_, dict.fromkeys(node_ids, views))
+
+    def _send(self, kind: str, round_: int, views: dict[str, Any]) -> Iterator[Reply]:
+        down = {site: sum(len(v) for v in parts) for site, parts in views.items()}
         waiting: dict[int, str] = {}
         absent: list[str] = []
         with self.lock:
-            for site in node_ids:
+            for site in views:
                 sess = self.sessions.get(site)
                 if sess is None or not sess.alive:
                     absent.append(site)
@@ -196,22 +211,19 @@ class GrpcRuntime:
                 waiting[next(self.task_ids)] = site
             self.gate.begin(waiting)  # uploads are read in selection order
             if kind == "fit":
-                self.late.asked_now(ins.round, waiting)
+                self.late.asked_now(round_, waiting)
             for task_id, site in waiting.items():
                 sess = self.sessions[site]
                 sess.task_id = task_id
-                sess.outbox.put((kind, task_id, ins.round, views))
-        round_ = ins.round
-        # only the senders hold the broadcast from here: a coordinator that parks its model
-        # (server.park_model) gets the memory back when the last byte is sent
-        del ins, views
+                sess.outbox.put((kind, task_id, round_, views[site]))
+        views.clear()
         try:
             yield from self._replies(round_, waiting, absent, down)
         finally:
             self.gate.end()
 
     def _replies(self, round_: int, waiting: dict[int, str], absent: list[str],
-                 down: int) -> Iterator[Reply]:
+                 down: dict[str, int]) -> Iterator[Reply]:
         for site in absent:
             yield Reply(NodeFailure(site, round_, "not connected"), 0, 0)
         deadline = time.monotonic() + self.settings.round_deadline_s
@@ -226,9 +238,9 @@ class GrpcRuntime:
                 continue
             del waiting[task_id]
             if isinstance(payload, tuple):  # (result, bytes up)
-                reply = Reply(payload[0], down, payload[1])
+                reply = Reply(payload[0], down[site], payload[1])
             else:
-                reply = Reply(NodeFailure(site, round_, str(payload)), down, 0)
+                reply = Reply(NodeFailure(site, round_, str(payload)), down[site], 0)
             del payload  # the consumer decides how long a (large) result lives
             yield reply
             if reply.bytes_up >= SMALL_MESSAGE:
@@ -243,7 +255,7 @@ class GrpcRuntime:
             log.warning("site %s missed the round deadline", site)
             yield Reply(NodeFailure(site, round_, "missed the round deadline of "
                                     f"{self.settings.round_deadline_s:g} s "
-                                    "(server.round_deadline_s)"), down, 0)
+                                    "(server.round_deadline_s)"), down[site], 0)
 
     def take_late(self) -> list[tuple[FitRes, int]]:
         """Late updates (with their bytes up) kept since the last call, at most one per

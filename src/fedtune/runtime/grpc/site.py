@@ -125,6 +125,10 @@ class Site:
         if self.node is not None:
             return
         cfg = config_from_dict(welcome)
+        if cfg.strategy.mode == "secagg":
+            from ...secagg.protocol import install
+
+            install()  # the run's extra stages and their messages
         if self.o.task:
             from ...task import load_task_factory
 
