@@ -59,6 +59,12 @@ CASES["dp-central"] = ['privacy.mode="central"', *SEEDED_DP]
 CASES["all-dp-distributed-adaptive"] = [
     'privacy.mode="distributed"', "privacy.adaptive_clip=true", "privacy.clip_count_noise=1.0",
     *SEEDED_DP, *ALL_SITES]
+# secure aggregation: one of the four sites drops after sharing its keys; and with
+# distributed DP (the sites' noise is summed under the masks)
+CASES["all-secagg-dropout"] = ['strategy.mode="secagg"', "secagg.simulated_dropout=0.25",
+                               *ALL_SITES]
+CASES["all-secagg-dp"] = ['strategy.mode="secagg"', 'privacy.mode="distributed"',
+                          "secagg.clip_range=4.0", *SEEDED_DP, *ALL_SITES]
 CASES["all-sample-dp"] = ["privacy.sample_dp=true", "privacy.secure_rng=false",
                           "privacy.sample_noise_multiplier=0.8", *ALL_SITES]
 
@@ -85,7 +91,8 @@ def fingerprint(workspace: Path) -> str:
 
 def run_case(name: str, workspace: Path, *extra: str) -> str:
     cfg = load_config(None, [*BASE, *CASES[name], f'run.workspace="{workspace}"', *extra])
-    run(cfg)
+    result = run(cfg)
+    assert result.status == "complete", f"{name}: {result.extra.get('status_reason')}"
     return fingerprint(workspace)
 
 
@@ -124,7 +131,7 @@ def ray_instance():
 
 
 @pytest.mark.parametrize("name", ["fedyogi", "fednova-steps", "all-dp-distributed-adaptive",
-                                  "all-sample-dp"])
+                                  "all-sample-dp", "all-secagg-dropout"])
 def test_ray_run_matches_the_same_pin(name, tmp_path, ray_instance):
     digest = run_case(name, tmp_path / "ws", 'runtime.kind="ray"', "runtime.ray_actors=2",
                       "runtime.ray_cpus_per_actor=0.5")
@@ -142,7 +149,8 @@ def as_toml(overrides: list[str]) -> str:
                    for s, keys in sections.items())
 
 
-@pytest.mark.parametrize("name", ["all-fedyogi", "all-topk-q8-ef", "all-sample-dp"])
+@pytest.mark.parametrize("name", ["all-fedyogi", "all-topk-q8-ef", "all-sample-dp",
+                                  "all-secagg-dropout"])
 def test_grpc_run_matches_the_same_pin(name, tmp_path):
     from .deployment import Federation
 

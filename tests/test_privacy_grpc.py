@@ -1,7 +1,10 @@
 """Distributed client-level DP over real gRPC: four site processes with certificates and
-tokens clip and noise their own updates, and the run ends on the in-process run's pin."""
+tokens clip and noise their own updates (adaptive clipping; or summed under secure
+aggregation's masks), and the run ends on the in-process run's pin."""
 
 from __future__ import annotations
+
+import pytest
 
 from fedtune.runtime.grpc.security import make_certificates
 from fedtune.store import RunStore
@@ -10,7 +13,8 @@ from .deployment import Federation
 from .test_pinned_runs import BASE, CASES, as_toml, fingerprint, pinned
 
 
-def test_distributed_dp_over_grpc_matches_the_in_process_pin(tmp_path):
+@pytest.mark.parametrize("name", ["all-dp-distributed-adaptive", "all-secagg-dp"])
+def test_distributed_dp_over_grpc_matches_the_in_process_pin(tmp_path, name):
     sites = [f"node-{i}" for i in range(4)]
     pki = tmp_path / "pki"
     make_certificates(pki, sites=sites, hosts=["127.0.0.1"])
@@ -18,7 +22,6 @@ def test_distributed_dp_over_grpc_matches_the_in_process_pin(tmp_path):
               f'server.tls_key="{pki / "coordinator.key"}"',
               f'server.client_ca="{pki / "ca.pem"}"', f'server.tokens="{pki / "tokens.toml"}"',
               "server.wait_for_sites_s=120"]
-    name = "all-dp-distributed-adaptive"
     fed = Federation(tmp_path, as_toml([*BASE, *CASES[name], 'run.workspace="{workspace}"',
                                         *server]))
     try:

@@ -4,9 +4,11 @@ exchanges of :mod:`fedtune.secagg.protocol`, then the sum, then the usual server
 The coordinator routes public keys and sealed shares and sums masked inputs; it sees no
 single update. Sites that drop after sharing keys are recovered: their ``s`` keys are
 rebuilt from their neighbours' shares and the masks they shared with the survivors removed.
-A round whose survivors are fewer than ``strategy.min_nodes`` (at least 2), or in which some
-site's secret has fewer than t shares left, is aborted: the model stays as it is, the round is
-recorded with the reason, and the run's health counts it.
+A round is aborted (the model stays as it is, the round is recorded with the reason, and the
+run's health counts it) when fewer than ``strategy.min_nodes`` sites (at least 2) send keys,
+when fewer than 2 masked inputs arrive (or fewer than ``strategy.min_nodes`` with distributed
+DP, whose noise is split among that many sites), or when some site's secret has fewer than t
+shares left.
 
 The neighbour graph (Bell et al. 2020): with k < n - 1, the sites are placed on a ring in a
 seeded random order and each is a neighbour of the k/2 nearest on either side (a Harary
@@ -155,6 +157,7 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
             del masked[u]
             r.failed.append(u)
     u3 = [u for u in u2 if u in masked]
+    need = need if cfg.privacy.mode == "distributed" else 2
     if len(u3) < need:
         return _abort(r, wall0, f"{len(u3)} masked inputs arrived, secure aggregation needs "
                                 f"{need}")
