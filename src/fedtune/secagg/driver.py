@@ -133,11 +133,18 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
         if ok:
             sealed_by[res.node_id] = res
     u2 = [u for u in u1 if u in sealed_by]
+    asked = u2
+    if sa.simulated_dropout:  # these sites shared their secrets, then drop: never asked again
+        rng = np.random.default_rng(derived_seed(cfg.run.seed, round_, "secagg-dropout"))
+        gone = set(rng.choice(u2, size=round(sa.simulated_dropout * len(u2)), replace=False))
+        asked = [u for u in u2 if u not in gone]
+        r.failed.extend(u for u in u2 if u in gone)
 
-    # 2: each site's sealed shares to it, masked inputs back
-    masked: dict[str, np.ndarray] = {}
+    # 2: each site's sealed shares to it, masked inputs back, summed as they come
+    total = np.zeros(coord.numel, dtype=np.int64)
+    masked: set[str] = set()
     messages2 = {}
-    for u in u2:
+    for u in asked:
         senders = [v for v in graph[u] if v in sealed_by]
         rows = [sealed_by[v].sealed[sealed_by[v].recipients.index(u)] for v in senders]
         messages2[u] = MaskInput(round_, senders, torch.stack(rows) if rows else
@@ -149,13 +156,9 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
             and tuple(res.masked.shape) == (coord.numel,)
         r.stage_row(res.node_id, reply, ok, "" if ok else _why(res, "a masked input"))
         if ok:
-            masked[res.node_id] = ring.from_wire(res.masked)
-    if sa.simulated_dropout:
-        rng = np.random.default_rng(derived_seed(cfg.run.seed, round_, "secagg-dropout"))
-        gone = set(rng.choice(u2, size=round(sa.simulated_dropout * len(u2)), replace=False))
-        for u in sorted(gone & set(masked)):
-            del masked[u]
-            r.failed.append(u)
+            total = ring.add(total, ring.from_wire(res.masked))
+            masked.add(res.node_id)
+        del res, reply
     u3 = [u for u in u2 if u in masked]
     need = need if cfg.privacy.mode == "distributed" else 2
     if len(u3) < need:
@@ -176,10 +179,10 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
         r.stage_row(res.node_id, reply, ok, "" if ok else _why(res, "unmasking shares"))
         if not ok:
             continue
-        asked = messages3[res.node_id]
+        told = messages3[res.node_id]
         for owner, kind, share in zip(res.owners, res.kinds, res.shares, strict=True):
-            table = seeds if kind == "b" and owner in asked.survivors else \
-                lost if kind == "s" and owner in asked.dropped else None
+            table = seeds if kind == "b" and owner in told.survivors else \
+                lost if kind == "s" and owner in told.dropped else None
             if table is not None:
                 table[owner].append((point[res.node_id], int.from_bytes(share.numpy().tobytes(),
                                                                         "big")))
@@ -188,10 +191,7 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
         return _abort(r, wall0, f"too many dropouts: site {short[0]}'s secret has fewer than "
                                 f"t = {t} shares left ({len(short)} such sites)")
 
-    # the sum: masked inputs, minus self masks, minus the dropped sites' pairwise masks
-    total = np.zeros(coord.numel, dtype=np.int64)
-    for u in u3:
-        total = ring.add(total, masked.pop(u))
+    # the sum of masked inputs, minus self masks, minus the dropped sites' pairwise masks
     for u in u3:
         seed = shamir.combine(seeds[u], length=32)
         total = ring.sub(total, keys.expand(seed, coord.numel, ring.bits))

@@ -58,5 +58,8 @@ def unseal(key: bytes, sealed: bytes, context: bytes) -> bytes:
 def expand(seed: bytes, numel: int, bits: int) -> np.ndarray:
     """``numel`` pseudo-random integers in [0, 2^bits) from a 32-byte seed (int64)."""
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    if bits <= 32:  # 4 bytes of keystream per element: half the work of 8
+        words = np.frombuffer(encryptor.update(b"\0" * (4 * numel)), dtype=np.uint32)
+        return (words & np.uint32((1 << bits) - 1)).astype(np.int64)
     stream = np.frombuffer(encryptor.update(b"\0" * (8 * numel)), dtype=np.uint64)
     return (stream & np.uint64((1 << bits) - 1)).astype(np.int64)
