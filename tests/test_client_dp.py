@@ -41,7 +41,7 @@ def test_no_update_leaves_the_coordinator_or_a_site_longer_than_the_clip(values,
     if not torch.isfinite(update.norm()):
         return  # refused before any part sees it (the coordinator's finiteness check)
     central = part(clip=clip)
-    clipped = central.receive(update, {}, central.init())
+    clipped = central.receive(update, {}, central.init(), "a")
     assert float(clipped.norm()) <= clip * (1 + 1e-5)
     ctx = FitContext(1, torch.zeros(len(values)), {}, NodeInstructions.from_config({}), {},
                      seed=3, update=update.clone())
@@ -67,7 +67,7 @@ def test_adaptive_clipping_by_hand():
     assert p.update_z == pytest.approx((1.0 - 0.25) ** -0.5)
     state = p.init()
     for norm in (0.5, 0.9, 3.0, 0.2, 5.0, 0.1, 7.0):  # 4 of 7 within the clip 1.0
-        p.receive(torch.tensor([norm, 0.0]), {}, state)
+        p.receive(torch.tensor([norm, 0.0]), {}, state, "a")
     p.release(torch.zeros(2), state, round_=2)
     gen = torch.Generator().manual_seed(derived_seed(7, 2, "dp", "count"))
     count = 4 + float(gaussian(1, 1.0, secure=False, generator=gen)[0])
@@ -81,7 +81,7 @@ def test_adaptive_clipping_follows_the_quantile_of_the_norms():
     norms = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]  # median 5.5
     for round_ in range(1, 200):
         for norm in norms:
-            p.receive(torch.tensor([norm]), {}, state)
+            p.receive(torch.tensor([norm]), {}, state, "a")
         p.release(torch.zeros(1), state, round_)
         p.after_round(state)
     assert 4.5 <= state.clip <= 6.5
@@ -191,7 +191,7 @@ def test_distributed_sites_send_a_noisy_clip_bit_the_coordinator_counts():
     SiteDP(ins.dp_clip, ins.dp_noise_std, ins.dp_bit_noise_std, secure=False).after_fit(ctx)
     bit = ctx.out_aux["dp_clip_bit"]
     state = DPState(clip=1.0)
-    p.receive(ctx.update, ctx.out_aux, state)
+    p.receive(ctx.update, ctx.out_aux, state, "a")
     assert state.within == pytest.approx(float(bit))
-    p.receive(ctx.update, {"dp_clip_bit": torch.tensor([1e9])}, state)
+    p.receive(ctx.update, {"dp_clip_bit": torch.tensor([1e9])}, state, "b")
     assert state.within <= float(bit) + 11.0, "one site cannot swing the count"
