@@ -285,7 +285,7 @@ class Coordinator:
         # averages the same numbers in the same order
         rank = {node: i for i, node in enumerate(nodes)}
         fit = sorted((n for n in ledger if n.phase == "fit"),
-                     key=lambda n: rank.get(n.node_id, len(rank)))
+                     key=lambda n: (rank.get(n.node_id, len(rank)), n.node_id))
         weights = [n.examples for n in fit]
         train_loss = float(np.average([n.train_loss for n in fit], weights=weights)) \
             if fit and sum(weights) else float("nan")

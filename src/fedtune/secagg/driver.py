@@ -136,7 +136,8 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
     asked = u2
     if sa.simulated_dropout:  # these sites shared their secrets, then drop: never asked again
         rng = np.random.default_rng(derived_seed(cfg.run.seed, round_, "secagg-dropout"))
-        gone = set(rng.choice(u2, size=round(sa.simulated_dropout * len(u2)), replace=False))
+        count = min(len(u2), math.ceil(sa.simulated_dropout * len(u2) - 1e-9))
+        gone = set(rng.choice(u2, size=count, replace=False))
         asked = [u for u in u2 if u not in gone]
         r.failed.extend(u for u in u2 if u in gone)
 
@@ -169,7 +170,7 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
     # 3: which neighbours survived; shares of their seeds and of the dropped ones' keys back
     seeds: dict[str, list[tuple[int, int]]] = {u: [] for u in u3}
     lost: dict[str, list[tuple[int, int]]] = {u: [] for u in dropped}
-    messages3 = {u: Unmask(round_, [v for v in graph[u] if v in masked],
+    messages3 = {u: Unmask(round_, [*(v for v in graph[u] if v in masked), u],
                            [v for v in graph[u] if v in lost]) for u in u3}
     for reply in runtime.exchange_each(messages3):
         res = reply.result

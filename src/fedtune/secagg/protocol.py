@@ -8,12 +8,13 @@ Aggregation with (Poly)Logarithmic Overhead"). A round is four exchanges:
    and keeps it; it answers with two fresh X25519 public keys (``c`` to encrypt shares,
    ``s`` to derive masks) and no update.
 1. :class:`ShareKeys`: the site learns its neighbours' public keys and share points, draws a
-   self-mask seed b, Shamir-shares b and its ``s`` private key among its neighbours
-   (threshold t), and returns each pair of shares encrypted for its holder.
+   self-mask seed b, Shamir-shares b and its ``s`` private key among its neighbours and
+   itself (threshold t), keeps its own share of b, and returns each neighbour's pair of
+   shares encrypted for that neighbour.
 2. :class:`MaskInput`: the site receives the shares its neighbours sealed for it (to keep)
    and sends its masked update y = x + PRG(b) +- PRG(s_uv).
-3. :class:`Unmask`: told which neighbours' masked inputs arrived (survivors) and which did
-   not (dropped), it returns the share of b of each survivor and of the ``s`` key of each
+3. :class:`Unmask`: told which neighbours' masked inputs arrived (survivors, itself among
+   them) and which did not (dropped), it returns the share of b of each survivor and of the ``s`` key of each
    dropped one, never both for one site.
 """
 
@@ -171,11 +172,12 @@ class SecAggInput:
 def share_keys(node: Node, ins: ShareKeys, bench: Workbench) -> SealedShares:
     st = _state(node, ins.round)
     k = len(ins.neighbours)
-    if ins.public_keys.shape != (k, 64) or len(ins.points) != k or not 1 <= ins.threshold <= k:
+    if ins.public_keys.shape != (k, 64) or len(ins.points) != k or not 1 <= ins.threshold <= k + 1:
         raise MessageError("secure aggregation: malformed key list")
     seed = secrets.token_bytes(32)
-    b_shares = shamir.split(seed, threshold=ins.threshold, xs=ins.points)
-    s_shares = shamir.split(_bytes(st["s_sk"]), threshold=ins.threshold, xs=ins.points)
+    holders = [*ins.points, ins.own_point]  # the site keeps a share of its own secrets too
+    b_shares = shamir.split(seed, threshold=ins.threshold, xs=holders)
+    s_shares = shamir.split(_bytes(st["s_sk"]), threshold=ins.threshold, xs=holders)
     c_sk = _bytes(st["c_sk"])
     sealed = np.zeros((k, SEALED_BYTES), dtype=np.uint8)
     for i, peer in enumerate(ins.neighbours):
@@ -185,6 +187,9 @@ def share_keys(node: Node, ins: ShareKeys, bench: Workbench) -> SealedShares:
         context = f"{ins.round}|{node.node_id}|{peer}".encode()
         sealed[i] = np.frombuffer(keys.seal(key, plain, context), dtype=np.uint8)
     st.update({"seed": torch.frombuffer(bytearray(seed), dtype=torch.uint8),
+               "own_share": torch.frombuffer(bytearray(b_shares[-1].to_bytes(SHARE_BYTES,
+                                                                            "big")),
+                                             dtype=torch.uint8),
                "neighbours": list(ins.neighbours), "points": list(ins.points),
                "own_point": ins.own_point, "public_keys": ins.public_keys.clone()})
     return SealedShares(node.node_id, ins.round, list(ins.neighbours), torch.from_numpy(sealed))
@@ -216,6 +221,10 @@ def unmask(node: Node, ins: Unmask, bench: Workbench) -> UnmaskShares:
     c_sk = _bytes(st["c_sk"])
     position = {peer: i for i, peer in enumerate(st["neighbours"])}
     owners, kinds, shares = [], [], []
+    if node.node_id in ins.survivors:  # its own self-mask seed: the share it kept
+        owners.append(node.node_id)
+        kinds.append("b")
+        shares.append(st["own_share"].numpy())
     for j, owner in enumerate(senders):
         if owner not in ins.survivors and owner not in ins.dropped:
             continue

@@ -18,8 +18,8 @@ class SecAggSection(BaseModel):
     clip_range: float = Field(1.0, gt=0)  # B: every coordinate is clamped to [-B, B]
     neighbours: int = Field(0, ge=0)  # 0: min(n - 1, 4 ceil(log2 n)), even
     threshold: float = Field(0.5, gt=0, lt=1)  # t = floor(threshold k) + 1 of k neighbours
-    # simulation only: this fraction of the sites that shared keys (seeded) drop before
-    # their masked input counts, so that the recovery path runs
+    # for tests and benchmarks: this fraction (rounded up) of the sites that shared their
+    # keys, seeded, drop before sending their masked input, so that the recovery path runs
     simulated_dropout: float = Field(0.0, ge=0, lt=1)
 
 
