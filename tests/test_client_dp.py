@@ -45,7 +45,7 @@ def test_no_update_leaves_the_coordinator_or_a_site_longer_than_the_clip(values,
     assert float(clipped.norm()) <= clip * (1 + 1e-5)
     ctx = FitContext(1, torch.zeros(len(values)), {}, NodeInstructions.from_config({}), {},
                      seed=3, update=update.clone())
-    SiteDP(clip, 0.0, 0.0, secure=True).after_fit(ctx)
+    SiteDP(clip=clip, noise_std=0.0, bit_noise_std=0.0, secure=True).after_fit(ctx)
     assert float(ctx.update.norm()) <= clip * (1 + 1e-5)
 
 
@@ -188,7 +188,8 @@ def test_distributed_sites_send_a_noisy_clip_bit_the_coordinator_counts():
     ins = NodeInstructions.from_config(config)
     ctx = FitContext(1, torch.zeros(4), {}, ins, {}, seed=11,
                      update=torch.tensor([3.0, 4.0, 0.0, 0.0]))
-    SiteDP(ins.dp_clip, ins.dp_noise_std, ins.dp_bit_noise_std, secure=False).after_fit(ctx)
+    SiteDP(clip=ins.dp_clip, noise_std=ins.dp_noise_std, bit_noise_std=ins.dp_bit_noise_std,
+           secure=False).after_fit(ctx)
     bit = ctx.out_aux["dp_clip_bit"]
     state = DPState(clip=1.0)
     p.receive(ctx.update, ctx.out_aux, state, "a")

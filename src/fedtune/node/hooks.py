@@ -124,8 +124,9 @@ def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor]) -> l
     if instructions.dp_clip > 0:  # distributed DP: before compression
         from ..privacy.site import SiteDP
 
-        hooks.append(SiteDP(instructions.dp_clip, instructions.dp_noise_std,
-                            instructions.dp_bit_noise_std, instructions.dp_secure))
+        hooks.append(SiteDP(clip=instructions.dp_clip, noise_std=instructions.dp_noise_std,
+                            bit_noise_std=instructions.dp_bit_noise_std,
+                            secure=instructions.dp_secure))
     if instructions.secagg_bits:  # after any DP noise; the update then leaves masked
         from ..secagg.masking import Ring
         from ..secagg.protocol import SecAggInput

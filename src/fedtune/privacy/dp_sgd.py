@@ -34,7 +34,7 @@ from .accountant import Accountant, Sampling, calibrate
 from .noise import gaussian
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DPSGD:
     """One site's DP-SGD for one round: Poisson batches and noised per-example gradients."""
 

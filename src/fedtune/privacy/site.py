@@ -29,7 +29,8 @@ class SiteDP:
 
     mutable: tuple[str, ...] = ()
 
-    def __init__(self, clip: float, noise_std: float, bit_noise_std: float, secure: bool) -> None:
+    def __init__(self, *, clip: float, noise_std: float, bit_noise_std: float,
+                 secure: bool) -> None:
         if not clip > 0 or noise_std < 0 or bit_noise_std < 0:
             raise ValueError(f"dp_clip must be > 0 and the noise >= 0, got clip {clip}, "
                              f"noise {noise_std}, bit noise {bit_noise_std}")
