@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from fedtune.config import load_config
 from fedtune.errors import ConfigError
 from fedtune.experiment import run
-from fedtune.node.hooks import FitContext
+from fedtune.node.context import FitContext
 from fedtune.node.instructions import NodeInstructions
 from fedtune.privacy.accountant import Sampling
 from fedtune.privacy.client_dp import ClientDP, DPState

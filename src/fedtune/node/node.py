@@ -28,8 +28,10 @@ from ..params import FlatModel
 from ..seeds import derived_seed
 from ..task import Task
 from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
-from .hooks import FitContext, hooks_for
+from .context import FitContext
+from .hooks import hooks_for
 from .instructions import EvalInstructions, NodeInstructions
+from .stages import STAGES, Stage, register_stage
 from .trainer import evaluate_model, train_locally
 
 
@@ -218,12 +220,7 @@ def _on(device: torch.device, d: NodeData) -> NodeData:
                     d.y_test.to(device))
 
 
-Stage = Callable[[Node, Any, Workbench], Any]
-STAGES: dict[type, Stage] = {FitIns: Node.fit, EvalIns: Node.evaluate}
+__all__ = ["STAGES", "Node", "Stage", "Workbench", "register_stage"]
 
-
-def register_stage(instruction: type, handler: Stage) -> None:
-    """Let nodes answer one more kind of instruction (a protocol stage of a new round
-    driver): ``handler(node, instruction, bench)`` returns the reply message. Register the
-    messages with :func:`fedtune.wire.register_message` too."""
-    STAGES[instruction] = handler
+register_stage(FitIns, Node.fit)
+register_stage(EvalIns, Node.evaluate)

@@ -20,12 +20,9 @@ costs what ``noise_multiplier`` alone says.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 
 class PrivacySection(BaseModel):
@@ -61,7 +58,7 @@ def privacy_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def check_privacy(cfg: RunConfig) -> None:
+def check_privacy(cfg: Any) -> None:  # a RunConfig (not imported: it imports this)
     """Refuse the settings client-level DP cannot account for, each with its fix."""
     p, s = cfg.privacy, cfg.strategy
     if p.mode == "off":

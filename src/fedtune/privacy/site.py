@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import MessageError
-from ..node.hooks import FitContext
+from ..node.context import FitContext
 from ..node.instructions import NodeInstructions
 from .noise import gaussian
 

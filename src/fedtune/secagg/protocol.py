@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import numpy as np
 import torch
@@ -34,8 +34,14 @@ from . import keys, shamir
 from .masking import Ring, masked_input
 
 if TYPE_CHECKING:
-    from ..node.hooks import FitContext
-    from ..node.node import Node, Workbench
+    from ..node.context import FitContext
+
+
+class Site(Protocol):
+    """What a stage handler uses of a node."""
+
+    node_id: str
+    state: dict[str, Any]
 
 MAX_NEIGHBOURS = 4096
 SHARE_BYTES = 66  # an element of the field of 2^521 - 1
@@ -134,7 +140,7 @@ def _bytes(t: torch.Tensor) -> bytes:
     return bytes(t.numpy().tobytes())
 
 
-def _state(node: Node, round_: int) -> dict[str, Any]:
+def _state(node: Site, round_: int) -> dict[str, Any]:
     st: dict[str, Any] | None = node.state.get("secagg")
     if st is None or int(st["round"]) != round_:
         raise MessageError(f"secure aggregation: this site holds no input of round {round_}")
@@ -169,7 +175,7 @@ class SecAggInput:
         ctx.update = ctx.update.new_zeros(0)
 
 
-def share_keys(node: Node, ins: ShareKeys, bench: Workbench) -> SealedShares:
+def share_keys(node: Site, ins: ShareKeys, bench: Any) -> SealedShares:
     st = _state(node, ins.round)
     k = len(ins.neighbours)
     if ins.public_keys.shape != (k, 64) or len(ins.points) != k or not 1 <= ins.threshold <= k + 1:
@@ -195,7 +201,7 @@ def share_keys(node: Node, ins: ShareKeys, bench: Workbench) -> SealedShares:
     return SealedShares(node.node_id, ins.round, list(ins.neighbours), torch.from_numpy(sealed))
 
 
-def mask_input(node: Node, ins: MaskInput, bench: Workbench) -> MaskedInput:
+def mask_input(node: Site, ins: MaskInput, bench: Any) -> MaskedInput:
     st = _state(node, ins.round)
     if "neighbours" not in st or not set(ins.senders) <= set(st["neighbours"]):
         raise MessageError("secure aggregation: shares from sites that are not neighbours")
@@ -211,7 +217,7 @@ def mask_input(node: Node, ins: MaskInput, bench: Workbench) -> MaskedInput:
     return MaskedInput(node.node_id, ins.round, ring.to_wire(y))
 
 
-def unmask(node: Node, ins: Unmask, bench: Workbench) -> UnmaskShares:
+def unmask(node: Site, ins: Unmask, bench: Any) -> UnmaskShares:
     st = _state(node, ins.round)
     if set(ins.survivors) & set(ins.dropped):
         raise MessageError("secure aggregation: a site cannot be both a survivor and dropped")
@@ -244,7 +250,7 @@ def unmask(node: Node, ins: Unmask, bench: Workbench) -> UnmaskShares:
 def install() -> None:
     """Teach this process secure aggregation's messages and the site's stages (every
     process that sends or answers them calls this; calling it again changes nothing)."""
-    from ..node.node import register_stage
+    from ..node.stages import register_stage
     from ..wire import MESSAGES, register_message
 
     if "ShareKeys" in MESSAGES:

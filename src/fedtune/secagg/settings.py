@@ -3,12 +3,9 @@ aggregation to the rest of a config."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 
 class SecAggSection(BaseModel):
@@ -33,7 +30,7 @@ def secagg_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def check_secagg(cfg: RunConfig) -> None:
+def check_secagg(cfg: Any) -> None:  # a RunConfig (not imported: it imports this)
     """Refuse what secure aggregation cannot do, each with its fix."""
     s, p = cfg.strategy, cfg.privacy
     if s.mode != "secagg":

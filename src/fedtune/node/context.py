@@ -1,0 +1,31 @@
+"""What a node hook sees of one round at one node (:class:`FitContext`): its own module so
+that hooks defined elsewhere (privacy, secure aggregation) need not import the hook list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .instructions import NodeInstructions
+
+
+@dataclass
+class FitContext:
+    """One round of one node, as the hooks see it."""
+
+    round: int
+    params: torch.Tensor  # the global parameters the node starts from
+    aux: dict[str, torch.Tensor]  # the instruction's tensors
+    instructions: NodeInstructions
+    state: dict[str, Any]  # what the node keeps between rounds
+    seed: int = 0  # this node's seed for the round's message (uplink encoders)
+    correction: torch.Tensor | None = None  # added to every local gradient
+    optimizer_state: dict[str, Any] | None = None  # the local optimizer's, in and out
+    update: torch.Tensor | None = None  # after training: local minus global
+    steps: int = 0
+    out_aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoding: str = ""
+    num_train: int = 0  # the node's training examples
+    dp: Any = None  # sample-level DP-SGD for this round (fedtune.privacy.dp_sgd.DPSGD)
