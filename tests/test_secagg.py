@@ -153,6 +153,8 @@ def test_too_many_dropouts_abort_rounds_and_the_run_says_why():
     ('compression.uplink="q8"', "do not compress"),
     ('strategy.name="scaffold"', "control variates"),
     ('strategy.weighting="examples"', "hides each site's weight"),
+    ("secagg.threshold=1.5", "secagg.threshold"),
+    ("secagg.bits=64", "secagg.bits"),
 ])
 def test_what_secure_aggregation_cannot_do_is_refused(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -116,6 +116,9 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
     if len(u1) < need:
         return _abort(r, wall0, f"{len(u1)} sites answered, secure aggregation needs {need}")
     k = neighbour_count(len(u1), sa.neighbours)
+    if sa.neighbours > k and round_ == 1:
+        log.warning("secagg.neighbours = %d but %d sites shared keys: every site has the other "
+                    "%d as neighbours", sa.neighbours, len(u1), k)
     t = math.floor(sa.threshold * k) + 1
     graph = neighbour_graph(u1, k, derived_seed(cfg.run.seed, round_, "secagg-graph"))
     point = {u: i + 1 for i, u in enumerate(u1)}
