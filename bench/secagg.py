@@ -4,7 +4,8 @@
 99,410 parameters, 10 local steps of batch 32 per round, uniform weights; 3 rounds each,
 median of rounds 2-3. SecAgg+ with 10 % of the sites dropping after they shared their keys
 (``secagg.simulated_dropout``, so the recovery path runs every round), against the same
-federation with plain (unmasked) aggregation. All sites run in this one process, one after
+federation with plain (unmasked) aggregation, three times each, alternating, the fastest
+of each counting. All sites run in this one process, one after
 another, so their protocol work adds up in the round time instead of overlapping as on real
 machines: the time ratio is an upper bound. Bytes are the exact wire sizes of every message,
 the protocol's extra exchanges included.
@@ -37,6 +38,7 @@ BASE = ['data.dataset="synthetic"', 'data.partition="natural"', "model.hidden=[1
         "run.eval_every=3", "evaluation.personalize_steps=0", "evaluation.max_sites=10",
         "run.checkpoint_every=0", "energy.enabled=false"]
 SECURE = ['strategy.mode="secagg"', "secagg.simulated_dropout=0.1", "secagg.clip_range=4.0"]
+REPEATS = 3
 
 
 def measure(sites: int, steps: int, extra: list[str]) -> dict:
@@ -64,8 +66,9 @@ def measure(sites: int, steps: int, extra: list[str]) -> dict:
 
 def main() -> None:
     numel = 60 * 1400 + 1400 + 1400 * 10 + 10
-    plain = measure(100, 10, [])
-    secure = measure(100, 10, SECURE)
+    tries = [(measure(100, 10, []), measure(100, 10, SECURE)) for _ in range(REPEATS)]
+    plain = min((p for p, _ in tries), key=lambda m: m["round_s"])  # noisy: the fastest
+    secure = min((s for _, s in tries), key=lambda m: m["round_s"])
     row = {"bench": "secagg", "sites": 100, "parameters": numel, "dropout": 0.1,
            "time_ratio": secure["round_s"] / plain["round_s"],
            "bytes_ratio": secure["bytes_per_round"] / plain["bytes_per_round"],

@@ -145,7 +145,7 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
         r.failed.extend(u for u in u2 if u in gone)
 
     # 2: each site's sealed shares to it, masked inputs back, summed as they come
-    total = np.zeros(coord.numel, dtype=np.int64)
+    total = ring.zeros(coord.numel)
     masked: set[str] = set()
     messages2 = {}
     for u in asked:
@@ -201,11 +201,11 @@ def secagg_round(coord: Coordinator, round_: int) -> RoundRecord:
         total = ring.sub(total, keys.expand(seed, coord.numel, ring.bits))
     for v in dropped:
         s_sk = shamir.combine(lost[v], length=32)
-        for u in graph[v]:
-            if u in seeds:
-                mask = keys.expand(keys.agree(s_sk, keys_of(public[u])[1], b"mask"),
-                                   coord.numel, ring.bits)
-                total = ring.sub(total, mask) if point[v] > point[u] else ring.add(total, mask)
+        peers = [u for u in graph[v] if u in seeds]
+        agreed = keys.agree_all(s_sk, [keys_of(public[u])[1] for u in peers], b"mask")
+        for u, key in zip(peers, agreed, strict=True):
+            mask = keys.expand(key, coord.numel, ring.bits)
+            total = ring.sub(total, mask) if point[v] > point[u] else ring.add(total, mask)
     mean = ring.decode(total) / len(u3)
     fold = coord.new_fold()
     fold.append(mean.to(coord.device), float(len(u3)), 1.0)

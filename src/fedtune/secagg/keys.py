@@ -39,10 +39,15 @@ def public_key(private: bytes) -> bytes:
 def agree(private: bytes, peer_public: bytes, label: bytes) -> bytes:
     """The 32-byte key two sites share for ``label`` (each computes it from its own private
     key and the other's public key)."""
-    shared = X25519PrivateKey.from_private_bytes(private).exchange(
-        X25519PublicKey.from_public_bytes(peer_public))
-    return HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=b"fedtune-secagg " + label
-                ).derive(shared)
+    return agree_all(private, [peer_public], label)[0]
+
+
+def agree_all(private: bytes, peers: list[bytes], label: bytes) -> list[bytes]:
+    """:func:`agree` with each of ``peers`` (the private key is parsed once)."""
+    own = X25519PrivateKey.from_private_bytes(private)
+    info = b"fedtune-secagg " + label
+    return [HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=info).derive(
+        own.exchange(X25519PublicKey.from_public_bytes(peer))) for peer in peers]
 
 
 def seal(key: bytes, plaintext: bytes, context: bytes) -> bytes:
@@ -56,10 +61,11 @@ def unseal(key: bytes, sealed: bytes, context: bytes) -> bytes:
 
 
 def expand(seed: bytes, numel: int, bits: int) -> np.ndarray:
-    """``numel`` pseudo-random integers in [0, 2^bits) from a 32-byte seed (int64)."""
+    """``numel`` pseudo-random integers in [0, 2^bits) from a 32-byte seed: uint32 up to 32
+    bits (4 bytes of keystream each), int64 above."""
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    if bits <= 32:  # 4 bytes of keystream per element: half the work of 8
+    if bits <= 32:
         words = np.frombuffer(encryptor.update(b"\0" * (4 * numel)), dtype=np.uint32)
-        return (words & np.uint32((1 << bits) - 1)).astype(np.int64)
+        return words if bits == 32 else words & np.uint32((1 << bits) - 1)
     stream = np.frombuffer(encryptor.update(b"\0" * (8 * numel)), dtype=np.uint64)
     return (stream & np.uint64((1 << bits) - 1)).astype(np.int64)

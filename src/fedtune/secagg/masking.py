@@ -19,6 +19,7 @@ uniform in the ring whatever x_u is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,12 @@ class Ring:
         return (1 << self.bits) - 1
 
     @property
+    def dtype(self) -> type[np.unsignedinteger[Any]] | type[np.signedinteger[Any]]:
+        """How ring elements are held: uint32 up to 32 bits (at 32, numpy's wrap-around is
+        the ring's own), int64 above."""
+        return np.uint32 if self.bits <= 32 else np.int64
+
+    @property
     def largest(self) -> int:
         """M: the largest encoded magnitude of one update's coordinate."""
         return ((1 << (self.bits - 1)) - 1) // self.summands
@@ -62,7 +69,8 @@ class Ring:
     def encode(self, update: torch.Tensor) -> np.ndarray:
         x = update.detach().double().clamp(-self.clip, self.clip).cpu().numpy()
         m = self.largest
-        out: np.ndarray = np.clip(np.rint(x * self.scale), -m, m).astype(np.int64) & self.mask
+        wide = np.clip(np.rint(x * self.scale), -m, m).astype(np.int64) & self.mask
+        out: np.ndarray = wide.astype(self.dtype)
         return out
 
     def decode(self, total: np.ndarray) -> torch.Tensor:
@@ -72,25 +80,28 @@ class Ring:
         return torch.from_numpy(signed.astype(np.float64) / self.scale).to(torch.float32)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out: np.ndarray = (a + b) & self.mask
-        return out
+        out: np.ndarray = a + b
+        return out if self.bits == 32 else out & self.dtype(self.mask)
 
     def sub(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out: np.ndarray = (a - b) & self.mask
-        return out
+        out: np.ndarray = a - b
+        return out if self.bits == 32 else out & self.dtype(self.mask)
+
+    def zeros(self, numel: int) -> np.ndarray:
+        return np.zeros(numel, dtype=self.dtype)
 
     def to_wire(self, values: np.ndarray) -> torch.Tensor:
         """Ring elements as the smallest integer tensor that holds them (int32 up to 32
         bits: the bytes of a float32 update)."""
         if self.bits <= 32:
-            return torch.from_numpy(values.astype(np.uint32).view(np.int32))
+            return torch.from_numpy(np.ascontiguousarray(values, dtype=np.uint32).view(np.int32))
         return torch.from_numpy(values.astype(np.int64))
 
     def from_wire(self, tensor: torch.Tensor) -> np.ndarray:
         raw = tensor.numpy()
         wide = raw.view(np.uint32).astype(np.int64) if raw.dtype == np.int32 \
             else raw.astype(np.int64)
-        out: np.ndarray = wide & self.mask
+        out: np.ndarray = (wide & self.mask).astype(self.dtype)
         return out
 
 

@@ -163,8 +163,9 @@ class SecAggInput:
         assert ctx.update is not None
         c_sk, s_sk = keys.new_private_key(), keys.new_private_key()
         ctx.state["secagg"] = {
-            "round": torch.tensor(ctx.round), "input": torch.from_numpy(self.ring.encode(
-                ctx.update)), "ring": torch.tensor([self.ring.bits, self.ring.summands]),
+            "round": torch.tensor(ctx.round),
+            "input": torch.from_numpy(self.ring.encode(ctx.update).astype(np.int64)),
+            "ring": torch.tensor([self.ring.bits, self.ring.summands]),
             "clip": torch.tensor(self.ring.clip, dtype=torch.float64),
             "c_sk": torch.frombuffer(bytearray(c_sk), dtype=torch.uint8),
             "s_sk": torch.frombuffer(bytearray(s_sk), dtype=torch.uint8)}
@@ -184,15 +185,18 @@ def share_keys(node: Site, ins: ShareKeys, bench: Any) -> SealedShares:
     holders = [*ins.points, ins.own_point]  # the site keeps a share of its own secrets too
     b_shares = shamir.split(seed, threshold=ins.threshold, xs=holders)
     s_shares = shamir.split(_bytes(st["s_sk"]), threshold=ins.threshold, xs=holders)
-    c_sk = _bytes(st["c_sk"])
+    share_keys = keys.agree_all(_bytes(st["c_sk"]), [_bytes(ins.public_keys[i, :32])
+                                                     for i in range(k)], b"shares")
     sealed = np.zeros((k, SEALED_BYTES), dtype=np.uint8)
     for i, peer in enumerate(ins.neighbours):
-        key = keys.agree(c_sk, _bytes(ins.public_keys[i, :32]), b"shares")
+        key = share_keys[i]
         plain = b_shares[i].to_bytes(SHARE_BYTES, "big") + s_shares[i].to_bytes(SHARE_BYTES,
                                                                                  "big")
         context = f"{ins.round}|{node.node_id}|{peer}".encode()
         sealed[i] = np.frombuffer(keys.seal(key, plain, context), dtype=np.uint8)
     st.update({"seed": torch.frombuffer(bytearray(seed), dtype=torch.uint8),
+               "share_keys": torch.frombuffer(bytearray(b"".join(share_keys)),
+                                              dtype=torch.uint8).reshape(k, 32),
                "own_share": torch.frombuffer(bytearray(b_shares[-1].to_bytes(SHARE_BYTES,
                                                                             "big")),
                                              dtype=torch.uint8),
@@ -208,12 +212,14 @@ def mask_input(node: Site, ins: MaskInput, bench: Any) -> MaskedInput:
     st["received"] = (list(ins.senders), ins.sealed.clone())
     bits, summands = (int(v) for v in st["ring"])
     ring = Ring(bits, float(st["clip"]), summands)
-    s_sk = _bytes(st["s_sk"])
     senders = set(ins.senders)  # the neighbours that shared their secrets: masks with them
-    pairs = {point: keys.agree(s_sk, _bytes(st["public_keys"][i, 32:]), b"mask")
-             for i, (peer, point) in enumerate(zip(st["neighbours"], st["points"], strict=True))
-             if peer in senders}
-    y = masked_input(ring, st["input"].numpy(), _bytes(st["seed"]), pairs, st["own_point"])
+    chosen = [(i, point) for i, (peer, point) in enumerate(zip(st["neighbours"], st["points"],
+                                                                strict=True)) if peer in senders]
+    agreed = keys.agree_all(_bytes(st["s_sk"]), [_bytes(st["public_keys"][i, 32:])
+                                                 for i, _ in chosen], b"mask")
+    pairs = {point: key for (_, point), key in zip(chosen, agreed, strict=True)}
+    encoded = st["input"].numpy().astype(ring.dtype)
+    y = masked_input(ring, encoded, _bytes(st["seed"]), pairs, st["own_point"])
     return MaskedInput(node.node_id, ins.round, ring.to_wire(y))
 
 
@@ -224,7 +230,6 @@ def unmask(node: Site, ins: Unmask, bench: Any) -> UnmaskShares:
     if node.node_id in ins.dropped or "received" not in st:
         raise MessageError("secure aggregation: this site is not a survivor of the round")
     senders, sealed = st["received"]
-    c_sk = _bytes(st["c_sk"])
     position = {peer: i for i, peer in enumerate(st["neighbours"])}
     owners, kinds, shares = [], [], []
     if node.node_id in ins.survivors:  # its own self-mask seed: the share it kept
@@ -234,7 +239,7 @@ def unmask(node: Site, ins: Unmask, bench: Any) -> UnmaskShares:
     for j, owner in enumerate(senders):
         if owner not in ins.survivors and owner not in ins.dropped:
             continue
-        key = keys.agree(c_sk, _bytes(st["public_keys"][position[owner], :32]), b"shares")
+        key = _bytes(st["share_keys"][position[owner]])  # agreed when the shares were made
         plain = keys.unseal(key, _bytes(sealed[j]), f"{ins.round}|{owner}|{node.node_id}"
                             .encode())
         kind = "b" if owner in ins.survivors else "s"
