@@ -91,6 +91,8 @@ SELECTORS = LazyRegistry("selection", {
               _SEL + "fixed_part"),
     "poisson": ("each node independently with probability strategy.fraction (the round's "
                 "size varies)", _SEL + "poisson_part"),
+    "carbon": ("the sites on the cleanest grids first, every site in at least "
+               "strategy.participation_floor of the rounds", _SEL + "carbon_part"),
 })
 
 _D = "fedtune.data.datasets:"

@@ -35,6 +35,7 @@ from .catalog import SELECTORS
 from .config import RunConfig
 from .coordinator_state import CoordinatorState
 from .energy import EnergyMeter
+from .energy.sites import site_intensities
 from .node.instructions import NodeInstructions
 from .node.node import Workbench
 from .node.trainer import LocalPlan, evaluate_model, train_locally
@@ -95,7 +96,8 @@ class Coordinator:
         self.plan = NodeInstructions.from_config(self.node_config).plan
         s = cfg.strategy
         self.selector: Selector = SELECTORS.load(s.selection)(
-            fraction=s.fraction, count=s.count, min_nodes=s.min_nodes)
+            fraction=s.fraction, count=s.count, min_nodes=s.min_nodes,
+            intensity=partial(site_intensities, cfg.energy), floor=s.participation_floor)
         self.health = RunHealth()
         self.warned_count = False  # strategy.count above the sites is said once
         self.writer = RoundWriter()  # each round's store writes, beside the next round

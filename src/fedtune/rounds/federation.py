@@ -78,6 +78,9 @@ def run_federation(coord: Coordinator) -> RunResult:
         result.extra[part.name] = part.summary(coord.state.parts[part.name])
     if coord.stopped:
         result.extra["stopped"] = coord.stopped
+    if cfg.strategy.selection == "carbon" and hist:
+        result.extra["participation"] = participation(hist, coord.runtime.node_ids,
+                                                      cfg.strategy.participation_floor)
     if coord.meter.method != coord.meter.code:  # how the figure was obtained, in words
         result.extra["energy_source"] = coord.meter.method
     population = len(coord.runtime.node_ids)
@@ -94,6 +97,17 @@ def run_federation(coord: Coordinator) -> RunResult:
     if coord.store is not None:
         coord.store.finish_run(coord.run_id, result, result.status)
     return result
+
+
+def participation(rounds: list[RoundRecord], node_ids: list[str],
+                  floor: float) -> dict[str, object]:
+    """Each site's share of the rounds it took part in, and the smallest."""
+    counts = dict.fromkeys(node_ids, 0)
+    for record in rounds:
+        for node in record.nodes:
+            counts[node] = counts.get(node, 0) + 1
+    share = {k: v / len(rounds) for k, v in sorted(counts.items())}
+    return {"min_frac": min(share.values(), default=0.0), "floor": floor, "sites": share}
 
 
 def evaluated_sites(coord: Coordinator) -> list[str]:
