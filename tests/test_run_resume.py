@@ -17,8 +17,8 @@ from fedtune.store import RunStore
 from .conftest import FEDTUNE
 
 # SCAFFOLD with compression and error feedback: the nodes keep state between rounds
-SETTINGS = ["--set", "run.rounds=12", "--set", 'strategy.name="scaffold"',
-            "--set", 'compression.uplink="topk:0.2"', "--set", "run.checkpoint_every=12",
+SETTINGS = ["--set", "run.rounds=40", "--set", 'strategy.name="scaffold"',
+            "--set", 'compression.uplink="topk:0.2"', "--set", "run.checkpoint_every=40",
             "--set", "energy.enabled=false", "--set", "evaluation.personalize_steps=2"]
 
 
