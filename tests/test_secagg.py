@@ -11,7 +11,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file
 
 from fedtune.config import load_config
 from fedtune.energy import EnergyMeter
@@ -22,11 +21,11 @@ from fedtune.secagg import keys, shamir
 from fedtune.secagg.driver import neighbour_count, neighbour_graph
 from fedtune.secagg.masking import Ring, masked_input
 from fedtune.secagg.protocol import Unmask, unmask
-from fedtune.store import RunStore
 from fedtune.tasks import build_task
 from fedtune.types import FitIns
 
 from .conftest import small_config
+from .test_run_resume import final
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
@@ -103,22 +102,13 @@ def test_a_site_never_gives_both_secrets_of_one_neighbour():
         unmask(node, Unmask(1, ["b"], ["a"]), None)  # type: ignore[arg-type]
 
 
-def _final(workspace):
-    store = RunStore(workspace)
-    try:
-        data = store.load_run("last")
-    finally:
-        store.close()
-    return data, load_file(data["checkpoints"][-1]["path"])
-
-
 @pytest.mark.parametrize("dropout", [0.0, 0.1, 0.3])
 def test_a_secure_round_gives_the_mean_of_its_survivors(tmp_path, dropout):
     cfg = small_config('strategy.mode="secagg"', "data.num_nodes=10", "run.rounds=1",
                        f"secagg.simulated_dropout={dropout}", "run.checkpoint_every=1",
                        "evaluation.personalize_steps=0", f'run.workspace="{tmp_path}"')
     result = run(cfg)
-    data, params = _final(tmp_path)
+    data, params = final(tmp_path)
     survivors = result.rounds[0].nodes
     assert len(survivors) == 10 - round(dropout * 10) and result.status == "complete"
     # the plain mean of the same sites' updates, each site trained again from the same start

@@ -37,7 +37,21 @@ class NodeData:
         return int(self.x_train.shape[0])
 
 
-class HeldSites(Sequence[NodeData]):
+class _Lookup:
+    """``require``, for both kinds of sites."""
+
+    def site(self, node_id: str) -> NodeData | None:
+        raise NotImplementedError
+
+    def require(self, node_id: str) -> NodeData:
+        """Site ``node_id``'s data; a KeyError naming it when there is no such site."""
+        data = self.site(node_id)
+        if data is None:
+            raise KeyError(f"no site {node_id!r}")
+        return data
+
+
+class HeldSites(_Lookup, Sequence[NodeData]):
     """Sites whose data is all in memory."""
 
     def __init__(self, nodes: Sequence[NodeData]) -> None:
@@ -51,13 +65,6 @@ class HeldSites(Sequence[NodeData]):
     def site(self, node_id: str) -> NodeData | None:
         i = self._index.get(node_id)
         return None if i is None else self._nodes[i]
-
-    def require(self, node_id: str) -> NodeData:
-        """Site ``node_id``'s data; a KeyError naming it when there is no such site."""
-        data = self.site(node_id)
-        if data is None:
-            raise KeyError(f"no site {node_id!r}")
-        return data
 
     def num_train(self, node_id: str) -> int | None:
         i = self._index.get(node_id)
@@ -78,7 +85,7 @@ class HeldSites(Sequence[NodeData]):
         return iter(self._nodes)
 
 
-class GeneratedSites(Sequence[NodeData]):
+class GeneratedSites(_Lookup, Sequence[NodeData]):
     """Sites made on demand by ``make(index)``; ``num_train[index]`` is known up front.
     ``make`` must be deterministic (the same site twice is the same data) and picklable."""
 
@@ -99,13 +106,6 @@ class GeneratedSites(Sequence[NodeData]):
     def site(self, node_id: str) -> NodeData | None:
         i = self._index.get(node_id)
         return None if i is None else self[i]
-
-    def require(self, node_id: str) -> NodeData:
-        """Site ``node_id``'s data; a KeyError naming it when there is no such site."""
-        data = self.site(node_id)
-        if data is None:
-            raise KeyError(f"no site {node_id!r}")
-        return data
 
     def num_train(self, node_id: str) -> int | None:
         i = self._index.get(node_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -33,10 +33,8 @@ def privacy(
         report = privacy_report(cfg, sites=sites or cfg.data.num_nodes,
                                 target_epsilon=target_epsilon)
     except FedtuneError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(2) from None
-    if output == "json":
-        sys.stdout.write(json.dumps(report) + "\n")
+        _fail(exc)
+    if _as_json(report, output):
         return
     table = Table(title="fedtune privacy (client-level DP)", show_header=False)
     for key, value in report.items():
@@ -95,10 +93,8 @@ def audit(
         finally:
             store.close()
     except FedtuneError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(2) from None
-    if output == "json":
-        sys.stdout.write(json.dumps(report) + "\n")
+        _fail(exc)
+    if _as_json(report, output):
         return
     table = Table(title=f"membership-inference audit of run {report['run_id']} "
                         f"({report['sites']} sites)")
@@ -111,3 +107,15 @@ def audit(
     dp = [d for d in (report["client_dp"], report["sample_dp"]) if d]
     Console().print("the run had " + (", ".join(f"{d['level']}-level DP" for d in dp)
                                       if dp else "no differential privacy"))
+
+
+def _fail(exc: FedtuneError) -> NoReturn:
+    sys.stderr.write(f"error: {exc}\n")
+    raise typer.Exit(2) from None
+
+
+def _as_json(report: dict[str, Any], output: str) -> bool:
+    """Print ``report`` as one JSON line when asked; whether it was."""
+    if output == "json":
+        sys.stdout.write(json.dumps(report) + "\n")
+    return output == "json"

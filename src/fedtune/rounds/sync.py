@@ -133,11 +133,18 @@ def sync_round(coord: Coordinator, round_: int,
 def run_sync_rounds(coord: Coordinator, first_round: int) -> None:
     """Run rounds ``first_round .. run.rounds``, each after enough nodes are ready."""
     parking = ModelParking(coord)
-    runtime, cfg = coord.runtime, coord.cfg
-    for round_ in range(first_round, cfg.run.rounds + 1):
+    run_rounds(coord, first_round, lambda round_: sync_round(coord, round_, parking),
+               coord.cfg.strategy.min_nodes)
+
+
+def run_rounds(coord: Coordinator, first_round: int, one_round: Callable[[int], object],
+               ready: int) -> None:
+    """Rounds ``first_round .. run.rounds`` by ``one_round``, each once ``ready`` nodes are
+    (where nodes join over time), until a round part stops the run (a privacy budget)."""
+    for round_ in range(first_round, coord.cfg.run.rounds + 1):
         if coord.stop_reason(round_) is not None:
             log.warning("run stops before round %d: %s", round_, coord.stopped)
             return
-        if runtime.capabilities.nodes_join:
-            runtime.wait_for_nodes(cfg.strategy.min_nodes)
-        sync_round(coord, round_, parking)
+        if coord.runtime.capabilities.nodes_join:
+            coord.runtime.wait_for_nodes(ready)
+        one_round(round_)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..coordinator import Coordinator
+from ..rounds.sync import run_rounds
 from ..seeds import derived_seed
 from ..types import FitRes, NodeRoundRecord, RoundRecord
 from . import keys, shamir
@@ -252,11 +253,5 @@ def _abort(r: _Round, wall0: float, reason: str) -> RoundRecord:
 def run_secagg_rounds(coord: Coordinator, first_round: int) -> None:
     """Rounds ``first_round .. run.rounds`` by secure aggregation."""
     install()
-    runtime, cfg = coord.runtime, coord.cfg
-    for round_ in range(first_round, cfg.run.rounds + 1):
-        if coord.stop_reason(round_) is not None:
-            log.warning("run stops before round %d: %s", round_, coord.stopped)
-            return
-        if runtime.capabilities.nodes_join:
-            runtime.wait_for_nodes(max(2, cfg.strategy.min_nodes))
-        secagg_round(coord, round_)
+    run_rounds(coord, first_round, lambda round_: secagg_round(coord, round_),
+               max(2, coord.cfg.strategy.min_nodes))
