@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -20,6 +21,10 @@ from .conftest import FEDTUNE
 SETTINGS = ["--set", "run.rounds=40", "--set", 'strategy.name="scaffold"',
             "--set", 'compression.uplink="topk:0.2"', "--set", "run.checkpoint_every=40",
             "--set", "energy.enabled=false", "--set", "evaluation.personalize_steps=2"]
+
+
+WITH_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def final(workspace):
@@ -54,9 +59,11 @@ def test_an_interrupted_run_resumes_bitwise(tmp_path, how):
                             "--quiet"], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
     ws = tmp_path / "b"
-    proc = subprocess.Popen([FEDTUNE, "run", *SETTINGS, "--set", f'run.workspace="{ws}"',
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    # Ctrl-C's default action, even when this test runs in a background job (a shell starts
+    # those with SIGINT ignored, and an ignored signal stays ignored across exec)
+    proc = subprocess.Popen([sys.executable, "-c", WITH_SIGINT, FEDTUNE, "run", *SETTINGS,
+                             "--set", f'run.workspace="{ws}"', "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_rounds(ws, 3, proc)
     proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
