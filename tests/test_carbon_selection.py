@@ -45,6 +45,19 @@ def test_every_site_keeps_its_floor_and_a_fresh_selector_agrees(floor):
     assert again.select(ids, 40, 3) == sel.select(ids, 40, 3), "a resumed run chooses the same"
 
 
+def test_with_the_run_known_every_site_ends_at_or_above_the_floor():
+    grids = {f"s{i:02d}": float(i) for i in range(20)}
+    ids = list(grids)
+    sel = CarbonAware(10, 0.25, grids, rounds=50)  # 0.25 x 50 = 12.5: 13 rounds each
+    counts = dict.fromkeys(ids, 0)
+    for r in range(1, 51):
+        for node in sel.select(ids, r, 1):
+            counts[node] += 1
+    assert min(counts.values()) == 13
+    clean, dirty = sum(counts[n] for n in ids[:5]), sum(counts[n] for n in ids[-5:])
+    assert clean >= 0.7 * 5 * 50 and dirty == 5 * 13, "the cleanest take what the floor leaves"
+
+
 def test_a_site_on_a_dirty_grid_emits_more_for_the_same_work():
     cfg = small_config("data.num_nodes=2", 'data.partition="iid"', "run.rounds=2",
                        'energy.site_g_per_kwh=[10.0, 1000.0]', "energy.tdp_watts=100")

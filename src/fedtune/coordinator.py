@@ -97,7 +97,8 @@ class Coordinator:
         s = cfg.strategy
         self.selector: Selector = SELECTORS.load(s.selection)(
             fraction=s.fraction, count=s.count, min_nodes=s.min_nodes,
-            intensity=partial(site_intensities, cfg.energy), floor=s.participation_floor)
+            intensity=partial(site_intensities, cfg.energy), floor=s.participation_floor,
+            rounds=cfg.run.rounds)
         self.health = RunHealth()
         self.warned_count = False  # strategy.count above the sites is said once
         self.writer = RoundWriter()  # each round's store writes, beside the next round

@@ -75,8 +75,9 @@ def poisson_part(*, fraction: float, count: int, min_nodes: int, **_: object) ->
 @dataclass
 class CarbonAware:
     """``count`` nodes a round, the cleanest first (lowest grid intensity), while every node
-    has taken part in at least floor(``floor`` x r) of the first r rounds: a node that would
-    fall short this round is taken first (the most owed first). Ties are broken by a seeded
+    has taken part in at least floor(``floor`` x r) of the first r rounds and, when the run's
+    ``rounds`` are known, in at least ceil(``floor`` x rounds) by the end: a node that would
+    otherwise fall short is taken first (the most owed first). Ties are broken by a seeded
     draw. Deterministic: round r's choice follows from rounds 1..r-1, recomputed (and cached)
     from the run seed, so a resumed run chooses the same. The floor holds whenever
     ``floor`` <= ``count`` / nodes.
@@ -92,6 +93,7 @@ class CarbonAware:
     count: int
     floor: float
     intensity: dict[str, float]
+    rounds: int = 0  # the run's rounds, when known
     _past: dict[int, list[str]] = field(default_factory=dict)
 
     def select(self, node_ids: list[str], round_: int, seed: int) -> list[str]:
@@ -107,6 +109,8 @@ class CarbonAware:
         jitter = dict(zip(node_ids, rng.random(len(node_ids)), strict=True))
         # short of the floor after this round unless chosen now: owed, the most owed first
         due = math.floor(self.floor * round_ + 1e-9)
+        if self.rounds:  # by the end: the rounds left after this one must still suffice
+            due = max(due, math.ceil(self.floor * self.rounds - 1e-9) - (self.rounds - round_))
         owed = sorted((n for n in node_ids if counts[n] < due),
                       key=lambda n: (counts[n] - due, jitter[n]))
         chosen = owed[:k]
@@ -121,10 +125,11 @@ class CarbonAware:
 
 def carbon_part(*, fraction: float, count: int, min_nodes: int,
                 intensity: Callable[[list[str]], dict[str, float]] | None = None,
-                floor: float = 0.0, **_: object) -> Selector:
+                floor: float = 0.0, rounds: int = 0, **_: object) -> Selector:
     """The ``carbon`` entry of :data:`fedtune.catalog.SELECTORS`; ``intensity`` gives each
     site's grid (gCO2e/kWh) once the sites are known."""
-    return _CarbonFromFraction(fraction, count, min_nodes, floor, intensity or (lambda _: {}))
+    return _CarbonFromFraction(fraction, count, min_nodes, floor,
+                               intensity or (lambda _: {}), rounds)
 
 
 @dataclass
@@ -137,10 +142,11 @@ class _CarbonFromFraction:
     min_nodes: int
     floor: float
     intensity: Callable[[list[str]], dict[str, float]]
+    rounds: int = 0
     _inner: CarbonAware | None = None
 
     def select(self, node_ids: list[str], round_: int, seed: int) -> list[str]:
         if self._inner is None:
             k = self.count or max(self.min_nodes, round(self.fraction * len(node_ids)))
-            self._inner = CarbonAware(k, self.floor, self.intensity(node_ids))
+            self._inner = CarbonAware(k, self.floor, self.intensity(node_ids), self.rounds)
         return self._inner.select(node_ids, round_, seed)
