@@ -269,13 +269,10 @@ def runs(workspace: WorkspaceOpt = ".fedtune") -> None:
 
 
 def _open_store(workspace: str) -> Any:
-    from .store import RunStore
+    from .store import existing_store
 
-    if not (Path(workspace) / "runs.sqlite").is_file():
-        _fail(FedtuneError(f"no run store in {workspace!r}; run 'fedtune run' first or pass "
-                           "--workspace"))
     try:
-        return RunStore(workspace)
+        return existing_store(workspace)
     except FedtuneError as exc:
         _fail(exc)
 

@@ -385,3 +385,12 @@ class RunStore:
                     writer.writerows(rows)
             written.append(path)
         return written
+
+
+def existing_store(workspace: str | Path) -> RunStore:
+    """The run store already in ``workspace``, or a StoreError (no new, empty one is made
+    where a user mistyped a folder)."""
+    if not (Path(workspace) / "runs.sqlite").is_file():
+        raise StoreError(f"no run store in {str(workspace)!r}; run 'fedtune run' first or pass "
+                         "--workspace")
+    return RunStore(workspace)

@@ -78,6 +78,7 @@ class Accountant:
         self.wor = sampling.kind == "fixed" and not sampling.everyone
         self.method: Literal["pld", "rdp"] = "rdp" if self.wor else method
         self._pld: Any = None
+        self._epsilons: dict[int, float] = {}  # each round's figure is asked more than once
 
     @property
     def bound(self) -> str:
@@ -106,6 +107,11 @@ class Accountant:
         """The reported epsilon after ``rounds`` rounds (0 before the first)."""
         if rounds <= 0:
             return 0.0
+        if rounds not in self._epsilons:
+            self._epsilons[rounds] = self._epsilon(rounds)
+        return self._epsilons[rounds]
+
+    def _epsilon(self, rounds: int) -> float:
         if self.method == "rdp":
             return self.epsilon_rdp(rounds)
         if self._pld is None:

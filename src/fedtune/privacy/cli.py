@@ -45,11 +45,13 @@ def privacy(
 def privacy_report(cfg: Any, *, sites: int, target_epsilon: float | None) -> dict[str, Any]:
     """What :func:`privacy` prints, as a dict."""
     from .accountant import Accountant, calibrate, sampling_for
+    from .settings import check_delta
 
     p, s, rounds = cfg.privacy, cfg.strategy, cfg.run.rounds
-    if p.delta >= 1 / sites:
-        raise ConfigError(f"privacy.delta = {p.delta:g} is not below 1 / {sites} sites; "
-                          "lower privacy.delta")
+    try:
+        check_delta(p.delta, sites)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     sampling = sampling_for(s.selection, population=sites, fraction=s.fraction, count=s.count,
                             min_nodes=s.min_nodes)
     z = p.noise_multiplier
@@ -81,12 +83,12 @@ def audit(
 ) -> None:
     """Membership-inference audit of a finished run's global model: per site, how well a
     loss-threshold and a calibrated attack tell its training examples from held-out ones."""
-    from ..store import RunStore
+    from ..store import existing_store
     from .audit import audit_run
     from .audit_store import save_audit
 
     try:
-        store = RunStore(workspace)
+        store = existing_store(workspace)
         try:
             report = audit_run(store.load_run(run_id), max_sites=max_sites)
             save_audit(store, report)

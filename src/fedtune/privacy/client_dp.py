@@ -29,7 +29,7 @@ from ..algorithms.strategy import Strategy
 from ..seeds import derived_seed
 from .accountant import Accountant, Sampling
 from .noise import gaussian
-from .settings import PrivacySection
+from .settings import PrivacySection, check_delta
 
 log = logging.getLogger("fedtune")
 Update = torch.Tensor | Callable[[], torch.Tensor]
@@ -52,11 +52,7 @@ class ClientDP:
 
     def __init__(self, settings: PrivacySection, sampling: Sampling, *, min_nodes: int,
                  seed: int, rounds: int) -> None:
-        if settings.delta >= 1 / sampling.population:
-            raise ValueError(
-                f"privacy.delta = {settings.delta:g} is not below 1 / {sampling.population} "
-                f"sites = {1 / sampling.population:g}: a delta that large allows releasing one "
-                "site's data outright; lower privacy.delta")
+        check_delta(settings.delta, sampling.population)
         self.s, self.sampling, self.seed = settings, sampling, seed
         self.m = sampling.expected_sites
         self.min_nodes = min_nodes

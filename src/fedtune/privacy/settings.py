@@ -83,3 +83,11 @@ def check_privacy(cfg: Any) -> None:  # a RunConfig (not imported: it imports th
     for broken, why in rules:
         if broken:
             raise ValueError(f"privacy.mode = {p.mode!r}: {why}")
+
+
+def check_delta(delta: float, population: int) -> None:
+    """Refuse a delta that is not below 1 / the number of sites (a ValueError naming both)."""
+    if delta >= 1 / population:
+        raise ValueError(f"privacy.delta = {delta:g} is not below 1 / {population} sites = "
+                         f"{1 / population:g}: a delta that large allows releasing one site's "
+                         "data outright; lower privacy.delta")
