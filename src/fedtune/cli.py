@@ -22,6 +22,7 @@ from rich.table import Table
 from . import catalog
 from .catalog import LazyRegistry
 from .errors import FedtuneError
+from .energy.plan_cli import plan_command
 from .privacy.cli import audit, privacy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -378,6 +379,7 @@ def show_config(config: Annotated[Path | None, typer.Argument()] = None,
 
 app.command("privacy")(privacy)
 app.command("audit")(audit)
+app.command("plan")(plan_command)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Energy and carbon metering: RAPL counters when readable, else CPU time x TDP share."""
+"""Energy and carbon: meters (RAPL, NVML, CPU time x TDP share), grid intensity, and the cost planner (fedtune plan)."""
 
 from .carbon import carbon_intensity
 from .meter import EnergyMeter
