@@ -21,8 +21,8 @@ from rich.table import Table
 
 from . import catalog
 from .catalog import LazyRegistry
-from .errors import FedtuneError
 from .energy.plan_cli import plan_command
+from .errors import FedtuneError
 from .privacy.cli import audit, privacy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
