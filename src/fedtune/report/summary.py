@@ -43,6 +43,7 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "privacy": result.extra.get("privacy"),
         "sample_privacy": result.extra.get("sample_privacy"),
         "stopped": result.extra.get("stopped", ""),
+        "plan": result.extra.get("plan"),
     })
     return summary
 
@@ -62,7 +63,7 @@ def stored_summary(data: dict[str, Any],
         "energy_j": result["total_energy_j"], "co2_g": result["total_co2_g"],
         "baselines": extra.get("baselines", {}), "privacy": extra.get("privacy"),
         "sample_privacy": extra.get("sample_privacy"), "stopped": extra.get("stopped", ""),
-        "audit": audit or {}})
+        "plan": extra.get("plan"), "audit": audit or {}})
     return summary
 
 
@@ -119,8 +120,19 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
     source = summary.get("energy_source", summary["energy_method"])
     table.add_row("energy", f"{summary['energy_j']:,.1f} J ({source})")
     table.add_row("CO2", f"{summary['co2_g']:.4f} g CO2e")
+    plan = summary.get("plan") or {}
+    if plan.get("energy_j"):
+        table.add_row("planned vs measured", plan_line(plan, summary))
     table.add_row("time", f"{summary['wall_s']:.2f} s")
     return table
+
+
+def plan_line(plan: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The planner's estimate for the run beside the meters' figures."""
+    measured_bytes = summary["bytes_down"] + summary["bytes_up"]
+    return (f"energy {plan['energy_j']:,.1f} J planned, {summary['energy_j']:,.1f} J measured "
+            f"(x{summary['energy_j'] / plan['energy_j']:.2g}); bytes {_mb(plan['bytes'])} "
+            f"planned, {_mb(measured_bytes)} measured; {plan['flops']:.3g} FLOPs")
 
 
 def privacy_line(p: dict[str, Any]) -> str:

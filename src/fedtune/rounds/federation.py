@@ -17,6 +17,7 @@ from collections.abc import Callable
 from ..algorithms.fairness import fairness_summary
 from ..algorithms.selection import FixedSize
 from ..coordinator import Coordinator
+from ..energy.run_plan import plan_own_run, plan_vs_actual
 from ..seeds import derived_seed
 from ..types import EvalIns, EvalRes, NodeFailure, NodeRoundRecord, RoundRecord, RunResult, Scalar
 from .buffered_async import run_buffered_async
@@ -71,8 +72,8 @@ def run_federation(coord: Coordinator) -> RunResult:
         fairness_personalized=fairness_summary(list(acc_p.values())),
         total_bytes_down=sum(r.bytes_down for r in hist) + sum(x.bytes_down for x in ledgers),
         total_bytes_up=sum(r.bytes_up for r in hist) + sum(x.bytes_up for x in ledgers),
-        total_energy_j=sum(r.energy_j for r in hist) + sum(x.energy_j for x in eval_ledger),
-        total_co2_g=sum(r.co2_g for r in hist) + sum(x.co2_g for x in eval_ledger),
+        total_energy_j=sum(r.energy_j for r in hist) + sum(x.energy_j for x in ledgers),
+        total_co2_g=sum(r.co2_g for r in hist) + sum(x.co2_g for x in ledgers),
         wall_s=time.perf_counter() - t0, energy_method=coord.meter.code)
     for part in coord.round_parts:  # e.g. "privacy": epsilon, delta, the bound, the noise
         result.extra[part.name] = part.summary(coord.state.parts[part.name])
@@ -81,6 +82,9 @@ def run_federation(coord: Coordinator) -> RunResult:
     if cfg.strategy.selection == "carbon" and hist:
         result.extra["participation"] = participation(hist, coord.runtime.node_ids,
                                                       cfg.strategy.participation_floor)
+    if cfg.energy.enabled:
+        result.extra["plan"] = plan_own_run(coord)
+        result.extra["plan"].update(plan_vs_actual(result.extra["plan"], result))
     if coord.meter.method != coord.meter.code:  # how the figure was obtained, in words
         result.extra["energy_source"] = coord.meter.method
     population = len(coord.runtime.node_ids)
