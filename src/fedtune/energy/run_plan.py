@@ -49,7 +49,8 @@ def cpu_peak_per_thread() -> tuple[float, str]:
     """Peak fp32 FLOP/s of one hardware thread: clock x FLOP/cycle of its vector units (two
     FMA pipes: 64 with Intel AVX-512, 32 with AVX2 and FMA, AMD's AVX-512 included since Zen 4
     runs it on 256-bit pipes; 16 with AVX; 8 otherwise)."""
-    mhz, flags, vendor = 0.0, set(), ""
+    mhz, vendor = 0.0, ""
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
