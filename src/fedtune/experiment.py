@@ -39,7 +39,7 @@ def _assemble(cfg: RunConfig, task: Task | None,
         strategy = build_strategy(cfg.strategy.name, cfg.strategy.params())
     except ValueError as exc:
         raise ConfigError(f"strategy: {exc}") from None
-    meter, co2_per_joule = make_meter(cfg)
+    meter, co2_per_joule = make_meter(cfg, device)
     return task, strategy, Workbench.create(task, device, cfg.run.seed), meter, co2_per_joule
 
 

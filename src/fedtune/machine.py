@@ -6,6 +6,8 @@ set themselves up with these, so a site does not import the coordinator's front 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .config import RunConfig
@@ -22,11 +24,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_meter(cfg: RunConfig) -> tuple[EnergyMeter, float]:
+def gpu_indices(device: torch.device | str) -> list[int]:
+    """The CUDA devices a run on ``device`` uses (for NVML), none on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def energy_meter(energy: dict[str, Any], device: torch.device | str = "cpu") -> EnergyMeter:
+    """The meter an ``[energy]`` section (as a dict) asks for, with NVML on a GPU."""
+    if not energy["enabled"]:
+        meter = EnergyMeter(tdp_watts=1.0, use_rapl=False)
+        meter.watts_per_thread, meter.method, meter.code = 0.0, "disabled", "disabled"
+        return meter
+    return EnergyMeter(tdp_watts=energy["tdp_watts"] or None, use_rapl=energy["rapl"],
+                       gpus=gpu_indices(device))
+
+
+def make_meter(cfg: RunConfig, device: torch.device | str = "cpu") -> tuple[EnergyMeter, float]:
     """The energy meter and the grams of CO2e per joule for the configured country."""
-    e = cfg.energy
-    meter = EnergyMeter(tdp_watts=e.tdp_watts or None, use_rapl=e.rapl)
-    if not e.enabled:
-        meter.watts_per_thread, meter.rapl, meter.method = 0.0, [], "disabled"
-        meter.code = "disabled"
-    return meter, carbon_intensity(e.country) / 3.6e6
+    return energy_meter(cfg.energy.model_dump(), device), carbon_intensity(cfg.energy.country) / 3.6e6

@@ -2,6 +2,9 @@
 
 * ``rapl``: Intel/AMD RAPL package counters under ``/sys/class/powercap`` when readable
   (joules of the whole package over the work's wall time, wrap-around handled).
+* ``nvml``: added when the work runs on NVIDIA GPUs, from the driver's energy counters
+  (:mod:`.nvml`); the CPU's share is measured as below, and the method names both
+  (``rapl+nvml`` or ``tdp:...+nvml``).
 * ``tdp-estimate``: the CPU seconds the work used times the TDP share of one hardware thread.
   The TDP comes from CodeCarbon's maintained ``cpu_power.csv``, matched on the CPU's model
   name; an unmatched CPU gets CodeCarbon's own default of 4 W per thread.
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from .codecarbon_data import codecarbon_file
 
+MeterToken = tuple[list[int], list[int]]  # RAPL and NVML counters at start
 RAPL_ROOT = Path("/sys/class/powercap")
 DEFAULT_WATTS_PER_THREAD = 4.0  # CodeCarbon's fallback when the CPU is not in its table
 
@@ -87,8 +91,12 @@ def _rapl_files() -> list[Path]:
 class EnergyMeter:
     """Measures joules between :meth:`start` and :meth:`stop`."""
 
-    def __init__(self, *, tdp_watts: float | None = None, use_rapl: bool = True) -> None:
+    def __init__(self, *, tdp_watts: float | None = None, use_rapl: bool = True,
+                 gpus: list[int] | None = None) -> None:
+        from .nvml import NvmlEnergy
+
         self.rapl = _rapl_files() if use_rapl else []
+        self.nvml, self.nvml_reason = NvmlEnergy.open(gpus) if gpus else (None, "")
         threads = os.cpu_count() or 1
         model = _cpu_model()
         tdp = tdp_watts if tdp_watts else lookup_tdp(model)
@@ -101,17 +109,31 @@ class EnergyMeter:
         self.method = "rapl" if self.rapl else f"tdp-estimate ({source})"
         # what travels with every result: short, the full description stays in the run
         self.code = "rapl" if self.rapl else f"tdp:{self.watts_per_thread:.3g}W/thread"
+        if self.nvml is not None:
+            self.method += f" + nvml ({', '.join(self.nvml.names)})"
+            self.code += "+nvml"
+        elif gpus:
+            self.method += f" (GPU not metered: {self.nvml_reason})"
 
     def _read(self) -> list[int]:
         return [int(p.read_text()) for p in self.rapl]
 
-    def start(self) -> list[int]:
-        return self._read() if self.rapl else []
+    def start(self) -> MeterToken:
+        gpu = self.nvml.read() if self.nvml is not None else []
+        return (self._read() if self.rapl else []), gpu
 
-    def stop(self, token: list[int], cpu_s: float) -> float:
-        """Joules used since ``start`` (RAPL) or by ``cpu_s`` CPU seconds (estimate)."""
+    def stop(self, token: MeterToken, cpu_s: float) -> float:
+        """Joules used since ``start``: the CPU's (RAPL, or ``cpu_s`` CPU seconds times the
+        TDP share) plus the GPUs' (NVML) when metered."""
+        cpu_token, gpu_token = token
+        gpu = 0.0
+        if self.nvml is not None:
+            gpu = self.nvml.joules(gpu_token, self.nvml.read())
         if not self.rapl:
-            return cpu_s * self.watts_per_thread
+            return cpu_s * self.watts_per_thread + gpu
+        return self._rapl_joules(cpu_token) + gpu
+
+    def _rapl_joules(self, token: list[int]) -> float:
         total = 0
         for p, before, after in zip(self.rapl, token, self._read(), strict=True):
             delta = after - before

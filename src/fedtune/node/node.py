@@ -23,6 +23,7 @@ import torch
 from ..algorithms.compression import unpack_vector
 from ..data.sites import HeldSites, NodeData, Sites
 from ..energy import EnergyMeter
+from ..energy.meter import MeterToken
 from ..errors import MessageError
 from ..params import FlatModel
 from ..seeds import derived_seed
@@ -99,7 +100,7 @@ class Node:
     def _generator(self, round_: int, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(derived_seed(self.seed, round_, self.node_id, purpose))
 
-    def _metered(self, wall0: float, cpu0: float, token: list[int]) -> NodeMeter:
+    def _metered(self, wall0: float, cpu0: float, token: MeterToken) -> NodeMeter:
         cpu = time.process_time() - cpu0
         joules = self.meter.stop(token, cpu)
         def short(x: float) -> float:  # 4 significant digits keep message headers small

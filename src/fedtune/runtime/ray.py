@@ -30,18 +30,15 @@ class _NodeHost:
 
     def __init__(self, task: Any, seed: int, device: str, energy: dict[str, Any],
                  threads: int) -> None:
-        from ..energy import EnergyMeter, carbon_intensity
+        from ..energy import carbon_intensity
+        from ..machine import energy_meter
         from ..node.node import Workbench
         from ..secagg.protocol import install
 
         install()  # secure aggregation's stages, for a run that uses them
         torch.set_num_threads(threads)
         self.device = torch.device(device)
-        meter = EnergyMeter(tdp_watts=energy["tdp_watts"] or None, use_rapl=energy["rapl"])
-        if not energy["enabled"]:
-            meter.watts_per_thread, meter.rapl, meter.method = 0.0, [], "disabled"
-            meter.code = "disabled"
-        self.meter, self.seed = meter, seed
+        self.meter, self.seed = energy_meter(energy, self.device), seed
         self.co2 = carbon_intensity(energy["country"]) / 3.6e6
         self.bench = Workbench.create(task, self.device, seed)
         self.sites = task.data.nodes

@@ -145,7 +145,7 @@ class Site:
                             "order")
         device = resolve_device(self.o.device)
         self.bench = Workbench.create(task, device, cfg.run.seed)
-        meter, co2 = make_meter(cfg)
+        meter, co2 = make_meter(cfg, device)
         self.node = Node(NodeData(self.o.site, data.x_train, data.y_train, data.x_test,
                                   data.y_test), seed=cfg.run.seed, meter=meter,
                          co2_per_joule=co2, device=device)
