@@ -51,3 +51,24 @@ def test_digits_run_plan_agrees_with_the_meters(tmp_path) -> None:
                            capture_output=True, text=True, timeout=120,
                            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert "planned" in table.stdout and "measured" in table.stdout
+
+
+def test_coordinator_energy_is_counted_apart_from_the_sites(tmp_path) -> None:
+    from fedtune.store import RunStore
+
+    ws = tmp_path / "ws"
+    cfg = small_config("central.pretrain_steps=100", "data.central_fraction=0.2",
+                       f"run.workspace=\"{ws}\"")
+    result = run(cfg)
+    split = result.extra["energy_split"]
+    assert split["coordinator_j"] > 0 and split["sites_j"] > 0
+    assert split["coordinator_j"] + split["sites_j"] == result.total_energy_j
+    store = RunStore(ws)
+    stored = store.round_records(result.run_id)
+    assert [r.coordinator_energy_j for r in stored] == \
+        [r.coordinator_energy_j for r in result.rounds]
+    assert all(0 < r.coordinator_energy_j < r.energy_j for r in stored)
+    phases = {row[0] for row in store.db.execute(
+        "SELECT DISTINCT phase FROM node_metrics WHERE node_id='coordinator'")}
+    assert {"pretrain", "aggregate", "evaluate"} <= phases
+    store.close()

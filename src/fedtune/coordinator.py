@@ -283,7 +283,11 @@ class Coordinator:
                 lambda: self.central_train(round_, cfg.central.steps_between_rounds)))
         test: dict[str, float] = {}
         if round_ % cfg.run.eval_every == 0 or round_ == cfg.run.rounds:
-            test = self.evaluate_central()
+            def evaluate() -> int:
+                test.update(self.evaluate_central())
+                return len(self.y_test)
+
+            ledger.append(self.meter_server(round_, "evaluate", evaluate))
         # in the order of ``nodes`` (selection order), not arrival order: every runtime then
         # averages the same numbers in the same order
         rank = {node: i for i, node in enumerate(nodes)}
@@ -297,7 +301,8 @@ class Coordinator:
             train_loss=train_loss, test_loss=test.get("loss"),
             test_accuracy=test.get("accuracy"), wall_s=time.perf_counter() - wall0,
             bytes_down=sum(n.bytes_down for n in ledger), bytes_up=sum(n.bytes_up for n in ledger),
-            energy_j=sum(n.energy_j for n in ledger), co2_g=sum(n.co2_g for n in ledger))
+            energy_j=sum(n.energy_j for n in ledger), co2_g=sum(n.co2_g for n in ledger),
+            coordinator_energy_j=sum(n.energy_j for n in ledger if n.node_id == SERVER))
         for part in self.round_parts:
             part.after_round(st.parts[part.name])
             record.epsilon = part.round_metrics(st.parts[part.name]).get("epsilon",

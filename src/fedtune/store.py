@@ -62,12 +62,14 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 RESUMABLE = ("incomplete", "crashed", "interrupted")
 # (table, column, type) added to stores written by older versions
 MIGRATIONS = [("states", "sha256", "TEXT"), ("checkpoints", "sha256", "TEXT"),
-              ("rounds", "epsilon", "REAL"), ("node_metrics", "epsilon", "REAL")]
+              ("rounds", "epsilon", "REAL"), ("node_metrics", "epsilon", "REAL"),
+              ("rounds", "coordinator_energy_j", "REAL")]
 log = logging.getLogger("fedtune.store")
 
 
 ROUND_COLUMNS = ["round", "nodes", "failed", "train_loss", "test_loss", "test_accuracy",
-                 "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "epsilon"]
+                 "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "epsilon",
+                 "coordinator_energy_j"]
 NODE_COLUMNS = ["round", "node_id", "phase", "examples", "steps", "train_loss", "wall_s",
                 "cpu_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "energy_method", "epsilon"]
 
@@ -107,7 +109,6 @@ class RunStore:
                              "run.workspace at another folder") from None
         self.db.row_factory = sqlite3.Row
         self.digests: dict[Path, str] = {}  # state files written, not yet recorded
-
 
     def close(self) -> None:
         self.db.close()
@@ -149,7 +150,8 @@ class RunStore:
                 f"VALUES ({', '.join('?' * (len(ROUND_COLUMNS) + 1))})",
                 (run_id, record.round, len(record.nodes), len(record.failed), record.train_loss,
                  record.test_loss, record.test_accuracy, record.wall_s, record.bytes_down,
-                 record.bytes_up, record.energy_j, record.co2_g, record.epsilon))
+                 record.bytes_up, record.energy_j, record.co2_g, record.epsilon,
+                 record.coordinator_energy_j))
             self._insert_ledger(run_id, nodes)
         for path in stale:
             Path(path).unlink(missing_ok=True)
@@ -244,7 +246,8 @@ class RunStore:
                             train_loss=r["train_loss"], test_loss=r["test_loss"],
                             test_accuracy=r["test_accuracy"], wall_s=r["wall_s"],
                             bytes_down=r["bytes_down"], bytes_up=r["bytes_up"],
-                            energy_j=r["energy_j"], co2_g=r["co2_g"], epsilon=r["epsilon"])
+                            energy_j=r["energy_j"], co2_g=r["co2_g"], epsilon=r["epsilon"],
+                            coordinator_energy_j=r["coordinator_energy_j"] or 0.0)
                 for r in rows]
 
     @database_errors

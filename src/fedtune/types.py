@@ -152,6 +152,7 @@ class RoundRecord:
     energy_j: float
     co2_g: float
     epsilon: float | None = None  # client-level DP spent after this round, at privacy.delta
+    coordinator_energy_j: float = 0.0  # of energy_j: the coordinator's own (aggregation, ...)
 
 
 @dataclass

@@ -43,7 +43,7 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "privacy": result.extra.get("privacy"),
         "sample_privacy": result.extra.get("sample_privacy"),
         "stopped": result.extra.get("stopped", ""),
-        "plan": result.extra.get("plan"),
+        "plan": result.extra.get("plan"), "energy_split": result.extra.get("energy_split"),
     })
     return summary
 
@@ -63,7 +63,8 @@ def stored_summary(data: dict[str, Any],
         "energy_j": result["total_energy_j"], "co2_g": result["total_co2_g"],
         "baselines": extra.get("baselines", {}), "privacy": extra.get("privacy"),
         "sample_privacy": extra.get("sample_privacy"), "stopped": extra.get("stopped", ""),
-        "plan": extra.get("plan"), "audit": audit or {}})
+        "plan": extra.get("plan"), "energy_split": extra.get("energy_split"),
+        "audit": audit or {}})
     return summary
 
 
@@ -118,7 +119,10 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
         table.add_row("stopped early", summary["stopped"])
     table.add_row("bytes", f"down {_mb(summary['bytes_down'])}, up {_mb(summary['bytes_up'])}")
     source = summary.get("energy_source", summary["energy_method"])
-    table.add_row("energy", f"{summary['energy_j']:,.1f} J ({source})")
+    split = summary.get("energy_split")
+    by_whom = (f"; coordinator {split['coordinator_j']:,.3g} J, sites {split['sites_j']:,.3g} J"
+               if split else "")
+    table.add_row("energy", f"{summary['energy_j']:,.1f} J ({source}{by_whom})")
     table.add_row("CO2", f"{summary['co2_g']:.4f} g CO2e")
     plan = summary.get("plan") or {}
     if plan.get("energy_j"):

@@ -48,7 +48,8 @@ def run_federation(coord: Coordinator) -> RunResult:
         if coord.store is not None:
             test = coord.evaluate_central()
             rec = RoundRecord(0, [], [], float("nan"), test.get("loss"), test.get("accuracy"),
-                              pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g)
+                              pre[0].wall_s, 0, 0, pre[0].energy_j, pre[0].co2_g,
+                              coordinator_energy_j=pre[0].energy_j)
             coord.store.record_round(coord.run_id, rec, pre)
     try:
         DRIVERS[cfg.strategy.mode](coord, first)
@@ -82,6 +83,9 @@ def run_federation(coord: Coordinator) -> RunResult:
     if cfg.strategy.selection == "carbon" and hist:
         result.extra["participation"] = participation(hist, coord.runtime.node_ids,
                                                       cfg.strategy.participation_floor)
+    coordinator_j = sum(r.coordinator_energy_j for r in hist) + sum(x.energy_j for x in pre)
+    result.extra["energy_split"] = {"coordinator_j": coordinator_j,
+                                    "sites_j": result.total_energy_j - coordinator_j}
     if cfg.energy.enabled:
         result.extra["plan"] = plan_own_run(coord)
         result.extra["plan"].update(plan_vs_actual(result.extra["plan"], result))
