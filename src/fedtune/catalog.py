@@ -92,7 +92,8 @@ SELECTORS = LazyRegistry("selection", {
     "poisson": ("each node independently with probability strategy.fraction (the round's "
                 "size varies)", _SEL + "poisson_part"),
     "carbon": ("the sites on the cleanest grids first, every site in at least "
-               "strategy.participation_floor of the rounds", _SEL + "carbon_part"),
+               "strategy.participation_floor of the rounds; a round may wait energy.defer_hours "
+               "for cleaner power", "fedtune.algorithms.carbon_selection:carbon_part"),
 })
 
 _D = "fedtune.data.datasets:"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,6 +22,7 @@ from .catalog import (
     STRATEGIES,
     STRATEGY_NAMES,
 )
+from .energy.settings import EnergySection, check_energy
 from .errors import ConfigError
 from .privacy.settings import PrivacySection, check_privacy, privacy_defaults
 from .secagg.settings import SecAggSection, check_secagg, secagg_defaults
@@ -184,16 +185,6 @@ class CompressionSection(Section):
         return v
 
 
-class EnergySection(Section):
-    enabled: bool = True
-    country: str = "WORLD"
-    tdp_watts: float = Field(0.0, ge=0)
-    rapl: bool = True
-    # simulated sites' own grids, dealt in the order of site ids (energy/sites.py)
-    site_countries: list[str] = Field(default_factory=list)
-    site_g_per_kwh: list[Annotated[float, Field(ge=0)]] = Field(default_factory=list)
-
-
 class ServerSection(Section):
     """The coordinator's gRPC endpoint (``fedtune serve``) and its fault handling."""
 
@@ -293,16 +284,7 @@ class RunConfig(Section):
         if self.strategy.selection == "poisson" and self.strategy.count:
             raise ValueError("strategy.selection = \"poisson\" takes each node with "
                              "probability strategy.fraction; strategy.count must stay 0")
-        if self.strategy.selection == "carbon" and not (self.energy.site_countries
-                                                         or self.energy.site_g_per_kwh):
-            raise ValueError("strategy.selection = \"carbon\" needs the sites' grids: set "
-                             "energy.site_countries (e.g. [\"FRA\", \"POL\"]) or "
-                             "energy.site_g_per_kwh")
-        s = self.strategy
-        if s.selection == "carbon" and not s.count and s.participation_floor > s.fraction:
-            raise ValueError(f"strategy.participation_floor = {s.participation_floor} cannot "
-                             f"hold when a round takes strategy.fraction = {s.fraction} of "
-                             "the sites; lower the floor or raise the fraction")
+        check_energy(self)
         check_privacy(self)
         check_secagg(self)
         return self

@@ -35,14 +35,14 @@ from .catalog import SELECTORS
 from .config import RunConfig
 from .coordinator_state import CoordinatorState
 from .energy import EnergyMeter
-from .energy.sites import site_intensities
+from .energy.grids import RunGrids
 from .node.instructions import NodeInstructions
 from .node.node import Workbench
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
 from .privacy.sample_level import reported_epsilon
 from .round_parts import round_parts
-from .run_health import RunHealth, max_examples
+from .run_health import RunHealth, update_problem
 from .runtime.base import Reply, Runtime
 from .seeds import derived_seed
 from .store import RunStore
@@ -95,10 +95,12 @@ class Coordinator:
         self.node_config = {**local, **strategy.node_plan, **uplink}
         self.plan = NodeInstructions.from_config(self.node_config).plan
         s = cfg.strategy
+        self.grids = RunGrids(cfg.energy, runtime)  # sites' grids: configured and declared
         self.selector: Selector = SELECTORS.load(s.selection)(
             fraction=s.fraction, count=s.count, min_nodes=s.min_nodes,
-            intensity=partial(site_intensities, cfg.energy), floor=s.participation_floor,
-            rounds=cfg.run.rounds)
+            intensity=self.grids.at, floor=s.participation_floor, rounds=cfg.run.rounds,
+            round_hours=cfg.energy.round_hours, defer_hours=cfg.energy.defer_hours,
+            start_hour=cfg.energy.start_hour)
         self.health = RunHealth()
         self.warned_count = False  # strategy.count above the sites is said once
         self.writer = RoundWriter()  # each round's store writes, beside the next round
@@ -194,28 +196,7 @@ class Coordinator:
         """Why ``res`` cannot be folded (shape, dtype, finiteness, claimed examples), or None.
         ``masked``: the update travels later, masked (secure aggregation), so only the
         claimed examples are checked here."""
-        if masked:
-            return self._examples_problem(res)
-        if res.update.shape != (self.numel,) or res.update.dtype != torch.float32:
-            return (f"update has shape {tuple(res.update.shape)} and dtype {res.update.dtype}, "
-                    f"expected ({self.numel},) float32")
-        dc = res.aux.get("scaffold_dc")
-        if dc is not None and (dc.shape != (self.numel,) or dc.dtype != torch.float32):
-            return f"scaffold_dc has shape {tuple(dc.shape)}, expected ({self.numel},) float32"
-        if (res.encoding or not self.runtime.capabilities.checks_finite) \
-                and not (all_finite(res.update) and (dc is None or all_finite(dc))):
-            return "update holds NaN or infinite values"
-        return self._examples_problem(res)
-
-    def _examples_problem(self, res: FitRes) -> str | None:
-        if not res.num_examples >= 1:
-            return f"update claims {res.num_examples} examples"
-        known = self.runtime.train_examples(res.node_id)
-        bound = max_examples(self.plan, known) if known is not None else None
-        if bound is not None and res.num_examples > bound:
-            return (f"update claims {res.num_examples} examples; the {known} training "
-                    f"examples it has allow at most {bound} per round")
-        return None
+        return update_problem(res, self.numel, self.plan, self.runtime, masked=masked)
 
     def new_fold(self) -> RoundFold:
         return RoundFold(self.strategy.aggregator,
@@ -290,6 +271,7 @@ class Coordinator:
             ledger.append(self.meter_server(round_, "evaluate", evaluate))
         # in the order of ``nodes`` (selection order), not arrival order: every runtime then
         # averages the same numbers in the same order
+        ledger[:] = self.grids.reprice(ledger, round_, self.selector)
         rank = {node: i for i, node in enumerate(nodes)}
         fit = sorted((n for n in ledger if n.phase == "fit"),
                      key=lambda n: (rank.get(n.node_id, len(rank)), n.node_id))

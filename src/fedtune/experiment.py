@@ -15,7 +15,7 @@ from .algorithms.strategy import Strategy, build_strategy
 from .config import RunConfig, config_from_dict
 from .coordinator import Coordinator
 from .energy import EnergyMeter
-from .energy.sites import site_intensities
+from .energy.settings import check_simulated_grids
 from .errors import ConfigError
 from .machine import make_meter, resolve_device
 from .node.node import Node, Workbench
@@ -75,6 +75,7 @@ def run(config: RunConfig | dict[str, Any] | None = None, *, task: Task | None =
     leaves it ``interrupted`` (``crashed``), which ``resume`` continues.
     """
     cfg = config if isinstance(config, RunConfig) else config_from_dict(config or {})
+    check_simulated_grids(cfg)
     run_store = RunStore(cfg.run.workspace) if store is True else (store or None)
     saved: tuple[int, dict[str, torch.Tensor], dict[str, str]] | None = None
     run_id = ""
@@ -108,12 +109,10 @@ def _run(cfg: RunConfig, task: Task | None, run_store: RunStore | None, run_id: 
                              gpus_per_actor=r.ray_gpus_per_actor)
     else:
         sites = task.data.nodes
-        grids = site_intensities(cfg.energy, sites.ids)  # g/kWh; empty: energy.country's
 
-        def make_node(node_id: str) -> Node:
-            co2 = grids[node_id] / 3.6e6 if node_id in grids else co2_per_joule
+        def make_node(node_id: str) -> Node:  # sites with a grid: the coordinator prices CO2
             return Node.for_site(sites, node_id, seed=cfg.run.seed, meter=meter,
-                                 co2_per_joule=co2, device=device)
+                                 co2_per_joule=co2_per_joule, device=device)
 
         runtime = InProcessRuntime.for_sites(sites, make_node, bench, seed=cfg.run.seed,
                                              speed_skew=cfg.runtime.simulated_speed_skew)

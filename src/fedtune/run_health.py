@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
+
+import torch
 
 from .node.trainer import LocalPlan
+from .wire import all_finite
 
 COMPLETE, DEGRADED, FAILED = "complete", "degraded", "failed"
 
@@ -26,6 +30,31 @@ def max_examples(plan: LocalPlan, train_examples: int) -> int:
     """The most examples a node holding ``train_examples`` reports for one fit: the steps of
     ``plan`` times its batch size (a custom ``train_fn`` reports its training set)."""
     return max(train_examples, plan.num_steps(train_examples) * plan.batch_size)
+
+
+def update_problem(res: Any, numel: int, plan: LocalPlan, runtime: Any, *,
+                   masked: bool = False) -> str | None:
+    """Why the update ``res`` cannot be folded (shape, dtype, finiteness, more examples than
+    the node holds), or None; ``masked``: only the claimed examples (the update travels
+    later, masked)."""
+    if not masked:
+        if res.update.shape != (numel,) or res.update.dtype != torch.float32:
+            return (f"update has shape {tuple(res.update.shape)} and dtype {res.update.dtype}, "
+                    f"expected ({numel},) float32")
+        dc = res.aux.get("scaffold_dc")
+        if dc is not None and (dc.shape != (numel,) or dc.dtype != torch.float32):
+            return f"scaffold_dc has shape {tuple(dc.shape)}, expected ({numel},) float32"
+        if (res.encoding or not runtime.capabilities.checks_finite) \
+                and not (all_finite(res.update) and (dc is None or all_finite(dc))):
+            return "update holds NaN or infinite values"
+    if not res.num_examples >= 1:
+        return f"update claims {res.num_examples} examples"
+    known = runtime.train_examples(res.node_id)
+    bound = max_examples(plan, known) if known is not None else None
+    if bound is not None and res.num_examples > bound:
+        return (f"update claims {res.num_examples} examples; the {known} training "
+                f"examples it has allow at most {bound} per round")
+    return None
 
 
 @dataclass

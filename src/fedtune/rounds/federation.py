@@ -83,6 +83,9 @@ def run_federation(coord: Coordinator) -> RunResult:
     if cfg.strategy.selection == "carbon" and hist:
         result.extra["participation"] = participation(hist, coord.runtime.node_ids,
                                                       cfg.strategy.participation_floor)
+        result.extra["clock"] = clock_summary(
+            [coord.grids.hour(r.round, coord.selector) for r in hist], cfg.energy.start_hour,
+            cfg.energy.round_hours)
     coordinator_j = sum(r.coordinator_energy_j for r in hist) + sum(x.energy_j for x in pre)
     result.extra["energy_split"] = {"coordinator_j": coordinator_j,
                                     "sites_j": result.total_energy_j - coordinator_j}
@@ -116,6 +119,18 @@ def participation(rounds: list[RoundRecord], node_ids: list[str],
             counts[node] = counts.get(node, 0) + 1
     share = {k: v / len(rounds) for k, v in sorted(counts.items())}
     return {"min_frac": min(share.values(), default=0.0), "floor": floor, "sites": share}
+
+
+def clock_summary(hours: list[float], start: float, round_hours: float) -> dict[str, object]:
+    """When each round started (hours of the run) and how long rounds waited for cleaner
+    power."""
+    expected, waited, deferred = start, 0.0, 0
+    for hour in hours:
+        if hour > expected + 1e-9:
+            deferred, waited = deferred + 1, waited + hour - expected
+        expected = hour + round_hours
+    return {"round_hours": round_hours, "start_hours": hours, "deferred_hours": waited,
+            "rounds_deferred": deferred}
 
 
 def evaluated_sites(coord: Coordinator) -> list[str]:
@@ -163,6 +178,7 @@ def evaluate_nodes(coord: Coordinator) -> tuple[dict[str, EvalRes], list[NodeRou
         else:
             reason = res.reason if isinstance(res, NodeFailure) else "answered with the wrong kind"
             log.warning("evaluation: node %s failed: %s", res.node_id, reason)
+    ledger = coord.grids.reprice(ledger, round_, coord.selector)  # sites' own grids
     if coord.store is not None:
         coord.store.record_ledger(coord.run_id, ledger)
         coord.store.record_node_evals(coord.run_id, [
