@@ -90,3 +90,63 @@ def test_energy_settings_that_cannot_work_are_refused(tmp_path) -> None:
         load_config(None, ['energy.site_countries=["FRA"]', "energy.site_g_per_kwh=[5.0]"])
     with pytest.raises(ConfigError, match="does not exist"):
         run(small_config(f'energy.site_grid_csv="{tmp_path / "no.csv"}"'), store=False)
+
+
+def test_real_sites_declare_their_grids_over_grpc(tmp_path) -> None:
+    """Three site processes over gRPC on loopback, each declaring its grid when it joins
+    (a number, a country, an hourly CSV); the coordinator's config names none. Each site's
+    CO2 comes from its own grid at the round's hour. (Every site trains every round: with
+    fewer, which sites a round finds ready would race with their joining.)"""
+    import json
+
+    from .deployment import Federation
+
+    hourly = tmp_path / "site2.csv"
+    hourly.write_text("hour,g\n0,900\n1,5\n")  # clean every other hour
+    fed = Federation(tmp_path, """
+[run]
+rounds = 4
+workspace = "{workspace}"
+[data]
+num_nodes = 3
+[strategy]
+selection = "carbon"
+min_nodes = 3
+[evaluation]
+personalize_steps = 0
+[server]
+address = "{address}"
+insecure_no_auth = true
+round_deadline_s = 60
+""")
+    try:
+        fed.serve()
+        fed.join("node-0", "--grid", "400")
+        fed.join("node-1", "--grid", "POL")
+        fed.join("node-2", "--grid", str(hourly))
+        summary = json.loads(fed.finish())
+        assert summary["status"] == "complete", fed.log()
+        store = RunStore(tmp_path / "ws")
+        rows = store.db.execute("SELECT round, node_id, energy_j, co2_g FROM node_metrics "
+                                "WHERE phase='fit' ORDER BY round").fetchall()
+        store.close()
+        from fedtune.energy.carbon import carbon_intensity
+
+        assert len(rows) == 12
+        for round_, node, energy_j, co2_g in rows:  # round r runs at hour r - 1
+            grid = {"node-0": 400.0, "node-1": carbon_intensity("POL"),
+                    "node-2": [900.0, 5.0][(round_ - 1) % 2]}[node]
+            assert co2_g == pytest.approx(energy_j * grid / 3.6e6)
+    finally:
+        fed.close()
+
+
+def test_a_site_with_a_broken_grid_is_refused_before_it_connects(tmp_path) -> None:
+    import subprocess
+
+    from .conftest import FEDTUNE
+
+    out = subprocess.run([FEDTUNE, "join", "--server", "127.0.0.1:1", "--site", "s",
+                          "--grid", "-3"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "not an intensity" in out.stderr
+    assert "Traceback" not in out.stderr

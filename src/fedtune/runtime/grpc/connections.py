@@ -34,11 +34,13 @@ from .gate import SMALL_MESSAGE, UploadGate
 from .late import LateUpdates
 from .security import load_tokens
 from .sessions import (
+    READY_BYTES,
     PendingSessions,
     RateLimitedLog,
     authenticate,
     first_message,
     registered_examples,
+    registered_grid,
 )
 from .transfer import Assembler, Frame, control_chunk, decode_assembly, message_chunks
 
@@ -79,6 +81,7 @@ class SiteConnections:
         self.pending = PendingSessions()
         self.sessions: dict[str, SiteSession] = {}
         self.registered: dict[str, int] = {}  # site -> training examples it registered
+        self.grids: dict[str, Any] = {}  # site -> the grid it declared (energy/grids.py)
         self.lock = threading.Condition()
         self.results: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self.late = LateUpdates(keep=settings.stragglers == "stale",
@@ -186,12 +189,17 @@ class SiteConnections:
     def _register(self, sess: SiteSession, chunk: Frame) -> str | None:
         """A ``ready`` chunk: the site's training examples bound the weight it may claim per
         round. Returns why it is refused, or None."""
-        n = registered_examples(bytes(chunk.data[:4097]), self.settings.max_site_examples,
-                                sess.site)
+        text = bytes(chunk.data[:READY_BYTES + 1])
+        n = registered_examples(text, self.settings.max_site_examples, sess.site)
         if isinstance(n, str):
             return n
+        grid = registered_grid(text, sess.site)
+        if isinstance(grid, str):
+            return grid
         with self.lock:
             self.registered[sess.site] = n
+            if grid is not None:
+                self.grids[sess.site] = grid
             sess.ready = True
             self.lock.notify_all()
         log.info("site %s ready (%d training examples)", sess.site, n)

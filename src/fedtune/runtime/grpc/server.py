@@ -94,6 +94,11 @@ class GrpcRuntime:
         with self.lock:
             return self.conn.registered.get(node_id)
 
+    def declared_grids(self) -> dict[str, Any]:
+        """The grids sites declared when they joined (``fedtune join --grid``)."""
+        with self.lock:
+            return dict(self.conn.grids)
+
     @property
     def known_sites(self) -> int | None:
         """How many sites can ever join (those with a token), or None when not bounded."""

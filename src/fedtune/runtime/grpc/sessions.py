@@ -123,11 +123,14 @@ def first_message(requests: Iterator[Any], context: grpc.ServicerContext,
         timer.cancel()
 
 
+READY_BYTES = 2**16  # a ready message: examples, and an hourly grid of up to a year
+
+
 def registered_examples(text: bytes, cap: int, site: str) -> int | str:
     """The training examples a ``ready`` chunk registers (JSON ``{"train_examples": n}``),
     or why the registration is refused."""
     try:
-        info = json.loads(text) if len(text) <= 4096 else None
+        info = json.loads(text) if len(text) <= READY_BYTES else None
     except (ValueError, RecursionError):
         info = None
     n = info.get("train_examples") if isinstance(info, dict) else None
@@ -136,3 +139,14 @@ def registered_examples(text: bytes, cap: int, site: str) -> int | str:
                 f"1 to server.max_site_examples = {cap} training examples (raise the cap on "
                 "the coordinator if this site really holds more)")
     return n
+
+
+def registered_grid(text: bytes, site: str) -> Any:
+    """The grid a ``ready`` chunk declares (``"grid"``: gCO2e/kWh, or a list of hourly
+    figures), None when it declares none, or why it is refused (a str)."""
+    from ...energy.grids import declared_grid
+
+    info = json.loads(text)  # registered_examples has parsed it already
+    if "grid" not in info:
+        return None
+    return declared_grid(info["grid"], site)

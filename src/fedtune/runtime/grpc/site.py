@@ -25,6 +25,7 @@ import grpc
 
 from ...config import config_from_dict
 from ...data.federated import NodeData
+from ...energy.grids import parse_grid
 from ...errors import DataError, FedtuneError, MessageError
 from ...node.node import Node, Workbench
 from ...task import Task
@@ -52,6 +53,7 @@ class SiteOptions:
     max_attempts: int = 0  # 0: retry for ever
     task: str = ""
     device: str = "auto"
+    grid: str = ""  # a country, g/kWh or an hourly CSV (energy/grids.py), sent when joining
 
 
 class Refused(FedtuneError):
@@ -103,6 +105,8 @@ class Site:
         self.bench: Workbench | None = None
         self.state_path = (Path(options.state_dir) / f"{options.site}.state.pt"
                            if options.state_dir else None)
+        # the grid this site declares when it joins: read (and refused if broken) up front
+        self.grid = {"grid": parse_grid(options.grid)} if options.grid else {}
 
     def _channel(self) -> grpc.Channel:
         opts = [("grpc.max_receive_message_length", MAX_FRAME_BYTES),
@@ -183,7 +187,8 @@ class Site:
                         self._setup(json.loads(bytes(chunk.data)))
                         self.joined = True
                         assert self.node is not None
-                        ready = json.dumps({"train_examples": self.node.data.num_train})
+                        ready = json.dumps({"train_examples": self.node.data.num_train,
+                                            **self.grid})
                         outbox.put([control_chunk("ready", text=ready, site=self.o.site)])
                         log.info("site %s: joined the run", self.o.site)
                     elif chunk.kind == "stop":
