@@ -120,6 +120,9 @@ def test_plan_ranks_and_recommends_an_option_that_fits() -> None:
     usable = [e for e in result.estimates if e.fits]
     assert best.total_co2_kg == min(e.total_co2_kg for e in usable)
     assert "lowest CO2" in result.reason and result.assumptions
+    import fedtune  # the public API
+
+    assert fedtune.plan is plan and fedtune.make_job is make_job
 
 
 def test_bad_input_names_the_fix() -> None:

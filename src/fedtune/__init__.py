@@ -1,7 +1,8 @@
 """fedtune: hybrid centralized-decentralized fine-tuning.
 
 The public API: build a config (:func:`load_config`), optionally your own :class:`Task`
-(:func:`make_task`), and :func:`run` it. Everything else lives in submodules. Names are
+(:func:`make_task`), and :func:`run` it; or cost a job before running it (:func:`plan` of a
+:func:`make_job` on :func:`make_option` s). Everything else lives in submodules. Names are
 imported on first use, so ``fedtune join`` can configure threading before torch loads.
 """
 
@@ -15,6 +16,8 @@ _EXPORTS = {
     "ConfigError": "errors", "DataError": "errors", "FedtuneError": "errors",
     "MessageError": "errors", "StoreError": "errors",
     "run": "experiment", "serve": "experiment",
+    "plan": "energy.plan", "make_job": "energy.plan", "make_option": "energy.plan",
+    "default_options": "energy.plan",
     "RunStore": "store",
     "Task": "task", "make_task": "task", "node_data": "task",
     "FairnessSummary": "types", "ParamSpec": "types", "RoundRecord": "types",
