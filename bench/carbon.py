@@ -1,11 +1,12 @@
 """Carbon-aware rounds against uniform selection, in the same command.
 
-Digits over 20 sites (the default Dirichlet label skew), half of them per round, 50 rounds.
+Digits over 20 sites (the default Dirichlet label skew), half of them per round, 50 rounds
+of three local epochs (enough work per fit that CPU-time metering is not mostly noise).
 The sites sit on five real grids, four sites each, with CodeCarbon's intensities: Sweden,
 France, Germany, Poland, India. ``strategy.selection = "carbon"`` takes the cleanest sites
 first while every site takes part in at least ``strategy.participation_floor`` = 0.25 of the
 rounds; ``"fixed"`` draws the same number uniformly. Energy is metered (CPU time x TDP share,
-which varied by 25 % between identical runs here), so the settings run three times each,
+which varied by 25 % between identical runs here), so the settings run five times each,
 alternating, and the means count.
 
 A second row puts the same sites on hourly grids and lets carbon-aware rounds wait up to
@@ -33,9 +34,9 @@ from fedtune.energy.carbon import carbon_intensity
 from fedtune.experiment import run
 
 FLOOR = 0.25
-REPEATS = 3
+REPEATS = 5
 ROUNDS = 50
-BASE = ["data.num_nodes=20", "strategy.fraction=0.5", f"run.rounds={ROUNDS}",
+BASE = ["data.num_nodes=20", "local.epochs=3", "strategy.fraction=0.5", f"run.rounds={ROUNDS}",
         'energy.site_countries=["SWE", "FRA", "DEU", "POL", "IND"]',  # COUNTRIES
         f"strategy.participation_floor={FLOOR}", "evaluation.personalize_steps=0",
         "run.checkpoint_every=0"]
