@@ -24,6 +24,7 @@ from .catalog import LazyRegistry
 from .energy.plan_cli import plan_command
 from .errors import FedtuneError
 from .privacy.cli import audit, privacy
+from .report.cli import report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedtune: hybrid centralized-decentralized (federated) fine-tuning.")
@@ -381,6 +382,7 @@ def show_config(config: Annotated[Path | None, typer.Argument()] = None,
 app.command("privacy")(privacy)
 app.command("audit")(audit)
 app.command("plan")(plan_command)
+app.command("report")(report_command)
 
 
 def main() -> None:

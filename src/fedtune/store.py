@@ -350,7 +350,7 @@ class RunStore:
             "SELECT round, path, bytes FROM checkpoints WHERE run_id=? ORDER BY round",
             (run_id,))]
         return {"run_id": run_id, "name": row["name"], "created": row["created"],
-                "finished": row["finished"], "status": self._status(row),
+                "finished": row["finished"], "status": self._status(row), "host": row["host"],
                 "config": json.loads(row["config_json"]),
                 "result": json.loads(row["result_json"]) if row["result_json"] else None,
                 "rounds": rounds, "node_metrics": nodes, "node_evals": evals,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -89,6 +90,7 @@ def run_federation(coord: Coordinator) -> RunResult:
     coordinator_j = sum(r.coordinator_energy_j for r in hist) + sum(x.energy_j for x in pre)
     result.extra["energy_split"] = {"coordinator_j": coordinator_j,
                                     "sites_j": result.total_energy_j - coordinator_j}
+    result.extra["provenance"] = provenance(coord)
     if cfg.energy.enabled:
         result.extra["plan"] = plan_own_run(coord)
         result.extra["plan"].update(plan_vs_actual(result.extra["plan"], result))
@@ -119,6 +121,22 @@ def participation(rounds: list[RoundRecord], node_ids: list[str],
             counts[node] = counts.get(node, 0) + 1
     share = {k: v / len(rounds) for k, v in sorted(counts.items())}
     return {"min_frac": min(share.values(), default=0.0), "floor": floor, "sites": share}
+
+
+def provenance(coord: Coordinator) -> dict[str, object]:
+    """What ran this run, and where: versions, seed, runtime, machine."""
+    import platform
+
+    import torch
+
+    from .. import __version__
+
+    runtime = "grpc" if coord.runtime.capabilities.nodes_join else coord.cfg.runtime.kind
+    return {"fedtune": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "seed": coord.cfg.run.seed, "runtime": runtime,
+            "device": str(coord.bench.flat.device), "host": platform.node(),
+            "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} threads",
+            "energy": coord.meter.method}
 
 
 def clock_summary(hours: list[float], start: float, round_hours: float) -> dict[str, object]:
