@@ -39,10 +39,8 @@ def test_site_builds_strict(tmp_path: Path) -> None:
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_every_code_block_runs(page: Path, tmp_path: Path) -> None:
     for i, (kind, code) in enumerate(BLOCK.findall(page.read_text())):
-        if kind == "python":
-            cmd = [sys.executable, "-c", code]
-        else:
-            cmd = ["bash", "-euo", "pipefail", "-c", code]
+        shell = ["bash", "-euo", "pipefail", "-c", code]
+        cmd = [sys.executable, "-c", code] if kind == "python" else shell
         done = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True,
                               timeout=600)
         assert done.returncode == 0, (f"{page.name} block {i + 1} ({kind}) failed:\n{code}\n"
