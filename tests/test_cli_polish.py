@@ -31,6 +31,8 @@ def workspace(tmp_path_factory):
 def test_progress_lines_and_the_count_warning(workspace):
     _, hybrid = workspace
     assert "round 4/4" in hybrid.stderr  # stderr is a pipe here, not a terminal
+    line = next(x for x in hybrid.stderr.splitlines() if x.startswith("round 4/4"))
+    assert " acc 0." in line and " MB " in line and line.endswith(" J")  # bytes, energy so far
     assert "strategy.count = 50 but 3 sites take part" in hybrid.stderr
 
 

@@ -24,6 +24,7 @@ from .catalog import LazyRegistry
 from .energy.plan_cli import plan_command
 from .errors import FedtuneError
 from .privacy.cli import audit, privacy
+from .report.progress import RoundStatus
 from .report.cli import report_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -95,11 +96,11 @@ def run(
         if lines:
             err.print(f"run {rid}: {rounds} rounds", highlight=False)
 
+    status = RoundStatus()
+
     def on_round(rec: Any) -> None:
         last_round[0] = rec.round
-        acc = "" if rec.test_accuracy is None else f"acc {rec.test_accuracy:.4f}"
-        if rec.epsilon is not None:
-            acc = f"{acc} ε {rec.epsilon:.3g}".lstrip()
+        acc = status(rec)
         progress.update(bars[0], advance=1, acc=acc)
         if lines and (rec.round % every[0] == 0 or rec.round == total[0]):
             err.print(f"round {rec.round}/{total[0]} {acc}".rstrip(), highlight=False)
@@ -155,11 +156,11 @@ def serve(
     def on_start(rid: str, rounds: int) -> None:
         log.info("run %s: %d rounds, serving on %s", rid, rounds, cfg.server.address)
 
+    status = RoundStatus()
+
     def on_round(rec: Any) -> None:
-        acc = "" if rec.test_accuracy is None else f", test accuracy {rec.test_accuracy:.4f}"
-        eps = "" if rec.epsilon is None else f", epsilon {rec.epsilon:.3g}"
-        log.info("round %d: %d sites, %d failed%s%s", rec.round, len(rec.nodes), len(rec.failed),
-                 acc, eps)
+        log.info("round %d: %d sites, %d failed; %s", rec.round, len(rec.nodes),
+                 len(rec.failed), status(rec))
 
     code = 0
     try:

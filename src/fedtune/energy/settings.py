@@ -3,12 +3,9 @@ clock of carbon-aware rounds; and its checks across sections."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 
 class EnergySection(BaseModel):
@@ -34,7 +31,7 @@ class EnergySection(BaseModel):
         return bool(self.site_countries or self.site_g_per_kwh or self.site_grid_csv)
 
 
-def check_energy(cfg: RunConfig) -> None:
+def check_energy(cfg: Any) -> None:
     """Rules across sections (raised as ValueError, shown as one config error line)."""
     e, s = cfg.energy, cfg.strategy
     given = [k for k in ("site_countries", "site_g_per_kwh", "site_grid_csv") if getattr(e, k)]
@@ -50,7 +47,7 @@ def check_energy(cfg: RunConfig) -> None:
                          "the sites; lower the floor or raise the fraction")
 
 
-def check_simulated_grids(cfg: RunConfig) -> None:
+def check_simulated_grids(cfg: Any) -> None:
     """A simulation has no site to declare its grid: carbon selection needs them configured."""
     if cfg.strategy.selection == "carbon" and not cfg.energy.site_grids_set:
         from ..errors import ConfigError

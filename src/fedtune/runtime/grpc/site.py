@@ -205,6 +205,11 @@ class Site:
                         task_id, round_ = done.task_id, done.round
                         try:
                             result = self._answer(decode_assembly(done))
+                            meter = getattr(result, "meter", None)
+                            if meter is not None:  # the site's live progress, in its log
+                                log.info("site %s: round %d %s done, %.3g J, %.3g g CO2e",
+                                         self.o.site, round_, chunk.kind, meter.energy_j,
+                                         meter.co2_g)
                         except MessageError as exc:
                             outbox.put([control_chunk("error", text=str(exc),
                                                       task_id=task_id)])
