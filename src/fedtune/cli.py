@@ -24,8 +24,8 @@ from .catalog import LazyRegistry
 from .energy.plan_cli import plan_command
 from .errors import FedtuneError
 from .privacy.cli import audit, privacy
-from .report.progress import RoundStatus
 from .report.cli import report_command
+from .report.progress import RoundStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedtune: hybrid centralized-decentralized (federated) fine-tuning.")
