@@ -89,8 +89,9 @@ def audit(
 
     try:
         store = existing_store(workspace)
-        try:
-            report = audit_run(store.load_run(run_id), max_sites=max_sites)
+        try:  # a spinner on a terminal only: JSON and piped output stay clean
+            with Console(stderr=True).status(f"auditing {run_id} (at most {max_sites} sites)"):
+                report = audit_run(store.load_run(run_id), max_sites=max_sites)
             save_audit(store, report)
         finally:
             store.close()

@@ -46,14 +46,25 @@ def accuracy(runs: list[Run]) -> go.Figure | None:
 
 
 def loss(runs: list[Run]) -> go.Figure | None:
+    """Central test loss, and the sites' train loss: their weighted mean and the worst site.
+    (Sites report a train loss each round; their accuracy is measured once, at the end.)"""
     fig = go.Figure()
     for run, color in zip(runs, itertools.cycle(COLORS)):
-        for key, dash, what in (("test_loss", "solid", "test"), ("train_loss", "dot", "train")):
+        for key, dash, what in (("test_loss", "solid", "test"),
+                                ("train_loss", "dot", "train, sites' mean")):
             x, y = _series(run, key)
             if x:
                 fig.add_scatter(x=x, y=y, mode="lines", name=f"{what}: {label(run)}",
                                 line={"color": color, "dash": dash})
-    return _layout(fig, "Loss per round (central test; mean train loss of the sites)",
+        worst: dict[int, float] = {}
+        for m in run.get("node_metrics") or []:
+            if m["phase"] == "fit" and m.get("train_loss") is not None:
+                worst[m["round"]] = max(worst.get(m["round"], m["train_loss"]), m["train_loss"])
+        if worst:
+            fig.add_scatter(x=sorted(worst), y=[worst[r] for r in sorted(worst)], mode="lines",
+                            name=f"train, worst site: {label(run)}",
+                            line={"color": color, "dash": "dashdot"})
+    return _layout(fig, "Loss per round (central test; the sites' train loss)",
                    "round", "loss") if fig.data else None
 
 
