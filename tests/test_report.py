@@ -58,7 +58,10 @@ def load_in_browser(page_file: Path, screenshot: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     ws = tmp_path_factory.mktemp("report") / "ws"
-    ids = [run(small_config("run.rounds=4", f'run.workspace="{ws}"')).run_id,
+    ids = [run(small_config("run.rounds=4", 'strategy.selection="carbon"', "strategy.count=2",
+                            "strategy.participation_floor=0.25",
+                            'energy.site_countries=["FRA", "POL"]', f'run.workspace="{ws}"')
+               ).run_id,
            run(small_config("run.rounds=4", 'privacy.mode="central"',
                             "privacy.noise_multiplier=1.0", "privacy.secure_rng=false",
                             f'run.workspace="{ws}"')).run_id]
@@ -74,7 +77,7 @@ def test_one_run_renders_every_plot_in_chromium(two_runs, tmp_path) -> None:
     assert "<script src=" not in text  # inlined; the browser test blocks all network
     drawn = load_in_browser(out, tmp_path / "one.png")
     assert set(drawn) == {"accuracy", "loss", "site_accuracy", "bytes", "energy",
-                          "energy_per_site", "epsilon", "durations"}
+                          "energy_per_site", "epsilon", "durations"}  # no carbon selection
     assert all(n > 0 for n in drawn.values()), drawn
     assert ids[1] in text and "Provenance" in text and "Resolved config" in text
 
@@ -86,6 +89,7 @@ def test_two_runs_overlaid_in_chromium(two_runs, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     drawn = load_in_browser(out, tmp_path / "two.png")
     assert all(n > 0 for n in drawn.values()), drawn
+    assert "participation" in drawn and "epsilon" in drawn  # each run's own panel
     text = out.read_text()
     assert all(text.count(i) >= 3 for i in ids) and "overlaid" in text
 

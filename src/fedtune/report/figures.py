@@ -165,10 +165,27 @@ def durations(runs: list[Run]) -> go.Figure | None:
     return _layout(fig, "Duration of each round", "round", "seconds") if fig.data else None
 
 
+def participation(runs: list[Run]) -> go.Figure | None:
+    """Carbon-aware runs: each site's share of the rounds, against the floor it was promised."""
+    fig = go.Figure()
+    for run, color in zip(runs, itertools.cycle(COLORS)):
+        extra = (run.get("result") or {}).get("extra") or {}
+        share = (extra.get("participation") or {}).get("sites")
+        if share:
+            fig.add_bar(x=list(share), y=list(share.values()), name=label(run),
+                        marker_color=color)
+            fig.add_hline(y=extra["participation"]["floor"], line_dash="dot", line_color=color,
+                          annotation_text="floor")
+    return _layout(fig, "Carbon-aware selection: each site's share of the rounds", "site",
+                   "share of rounds") if fig.data else None
+
+
 FIGURES = {"accuracy": accuracy, "loss": loss, "site_accuracy": site_accuracy,
            "bytes": bytes_per_round, "energy": energy_per_round,
-           "energy_per_site": energy_per_site, "epsilon": epsilon, "durations": durations}
+           "energy_per_site": energy_per_site, "epsilon": epsilon,
+           "participation": participation, "durations": durations}
 MISSING = {"accuracy": "no round was evaluated on a central test set",
            "site_accuracy": "no site was evaluated at the end",
            "epsilon": "no run used differential privacy",
+           "participation": "no run used carbon-aware selection",
            "energy_per_site": "no site energy was recorded"}
