@@ -150,3 +150,17 @@ def test_a_site_with_a_broken_grid_is_refused_before_it_connects(tmp_path) -> No
                           "--grid", "-3"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "not an intensity" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_on_a_wall_clock_a_deferred_round_really_waits(tmp_path) -> None:
+    """energy.clock = "wall" with hours of 0.3 s: round 1 starts at hour 0 of a grid that is
+    clean only at hour 2, so it waits about 0.6 s for it; the hours are real time."""
+    csv_path = tmp_path / "grid.csv"
+    csv_path.write_text("hour,grid\n0,800\n1,800\n2,20\n3,800\n4,800\n5,800\n")
+    cfg = small_config("run.rounds=1", 'strategy.selection="carbon"', "strategy.count=2",
+                       f'energy.site_grid_csv="{csv_path}"', 'energy.clock="wall"',
+                       "energy.hour_seconds=0.3", "energy.defer_hours=3")
+    result = run(cfg, store=False)
+    hour = result.extra["clock"]["start_hours"][0]
+    assert 2.0 <= hour < 2.5  # a whole hour ahead of the clock, the clean one
+    assert result.wall_s >= 0.5  # it slept until then

@@ -100,7 +100,7 @@ class Coordinator:
             fraction=s.fraction, count=s.count, min_nodes=s.min_nodes,
             intensity=self.grids.at, floor=s.participation_floor, rounds=cfg.run.rounds,
             round_hours=cfg.energy.round_hours, defer_hours=cfg.energy.defer_hours,
-            start_hour=cfg.energy.start_hour)
+            start_hour=cfg.energy.start_hour, clock=self.grids.now if self.grids.wall else None)
         self.health = RunHealth()
         self.warned_count = False  # strategy.count above the sites is said once
         self.writer = RoundWriter()  # each round's store writes, beside the next round
@@ -151,7 +151,9 @@ class Coordinator:
             self.warned_count = True
             log.warning("strategy.count = %d but %d sites take part: every round takes all "
                         "of them; lower strategy.count or add sites", count, len(nodes))
-        return self.selector.select(nodes, round_, self.cfg.run.seed)
+        chosen = self.selector.select(nodes, round_, self.cfg.run.seed)
+        self.grids.wait_for(round_, self.selector)  # a wall-clock round deferred: it waits
+        return chosen
 
     def instruction(self, round_: int) -> FitIns:
         """What every node asked in ``round_`` receives: the global model (compressed when

@@ -41,7 +41,9 @@ class CarbonAware:
     starts, a round may wait 0 to ``defer_hours`` whole hours, and waits for the hour whose
     chosen sites have the lowest summed intensity (the earliest on a tie; never with fixed
     grids). Deterministic: round r's choice and hour follow from rounds 1..r-1, recomputed
-    (and cached) from the run seed, so a resumed run chooses the same. The floor holds
+    (and cached) from the run seed, so a resumed run chooses the same. With a wall ``clock``
+    a new round starts at the clock's hour instead (real time is not replayed: a resumed
+    wall-clock run re-derives its earlier rounds on the simulated schedule). The floor holds
     whenever ``floor`` <= ``count`` / nodes.
     """
 
@@ -52,6 +54,7 @@ class CarbonAware:
     round_hours: float = 1.0
     defer_hours: int = 0
     start_hour: float = 0.0
+    clock: Callable[[], float] | None = None  # a wall clock: a new round starts at its hour
     _past: dict[int, tuple[list[str], float]] = field(default_factory=dict)
 
     def select(self, node_ids: list[str], round_: int, seed: int) -> list[str]:
@@ -73,6 +76,8 @@ class CarbonAware:
                 if node in counts:
                     counts[node] += 1
             hour = started + self.round_hours
+        if self.clock is not None:  # on a wall clock, rounds run when they run
+            hour = self.clock()
         k = min(self.count, len(node_ids))
         rng = np.random.default_rng(derived_seed(seed, "carbon", round_))
         jitter = dict(zip(node_ids, rng.random(len(node_ids)), strict=True))
@@ -102,12 +107,13 @@ class CarbonAware:
 
 def carbon_part(*, fraction: float, count: int, min_nodes: int, intensity: Grid | None = None,
                 floor: float = 0.0, rounds: int = 0, round_hours: float = 1.0,
-                defer_hours: int = 0, start_hour: float = 0.0, **_: object) -> Selector:
+                defer_hours: int = 0, start_hour: float = 0.0,
+                clock: Callable[[], float] | None = None, **_: object) -> Selector:
     """The ``carbon`` entry of :data:`fedtune.catalog.SELECTORS`; ``intensity`` gives each
     site's grid (gCO2e/kWh) at an hour of the run."""
     return _CarbonFromFraction(fraction, count, min_nodes,
                                CarbonAware(0, floor, intensity or _no_grid, rounds, round_hours,
-                                           defer_hours, start_hour))
+                                           defer_hours, start_hour, clock))
 
 
 @dataclass

@@ -10,7 +10,9 @@ profile). Hour h of the run reads row floor(h) mod rows.
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from ..errors import ConfigError
 from .carbon import carbon_intensity
 
 MAX_HOURS = 24 * 366  # a year of hourly figures
+log = logging.getLogger("fedtune")
 
 
 def read_hourly_csv(path: str | Path) -> dict[str, list[float]]:
@@ -129,6 +132,29 @@ class RunGrids:
     def __init__(self, energy: Any, runtime: Any) -> None:
         self.energy, self.runtime = energy, runtime
         self._configured: tuple[int, SiteGrids] | None = None
+        self._t0 = time.monotonic()
+
+    @property
+    def wall(self) -> bool:
+        return bool(self.energy.clock == "wall")
+
+    def now(self) -> float:
+        """The run's hour on the wall clock: start_hour + real time since the run started."""
+        return float(self.energy.start_hour
+                     + (time.monotonic() - self._t0) / self.energy.hour_seconds)
+
+    def wait_for(self, round_: int, selector: Any) -> float:
+        """On the wall clock, sleep until the hour the selector chose for ``round_`` (it
+        deferred the round to a cleaner hour); the seconds slept."""
+        chosen = getattr(selector, "hour_of", lambda _: None)(round_)
+        if not self.wall or chosen is None:
+            return 0.0
+        seconds = max(0.0, float((chosen - self.now()) * self.energy.hour_seconds))
+        if seconds:
+            log.info("round %d waits %.0f s for cleaner power (hour %.2f)", round_, seconds,
+                     chosen)
+            time.sleep(seconds)
+        return seconds
 
     def site_grids(self, node_ids: Sequence[str]) -> SiteGrids:
         if not self.energy.site_grids_set:
@@ -151,6 +177,8 @@ class RunGrids:
         chosen = getattr(selector, "hour_of", lambda _: None)(round_)
         if chosen is not None:
             return float(chosen)
+        if self.wall:  # the hour the round is priced at: when it closes
+            return self.now()
         return float(self.energy.start_hour + (round_ - 1) * self.energy.round_hours)
 
     def reprice(self, ledger: list[Any], round_: int, selector: Any) -> list[Any]:

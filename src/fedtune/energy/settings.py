@@ -3,7 +3,7 @@ clock of carbon-aware rounds; and its checks across sections."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,10 @@ class EnergySection(BaseModel):
     round_hours: float = Field(1.0, gt=0)
     start_hour: float = Field(0.0, ge=0)
     defer_hours: int = Field(0, ge=0, le=24 * 7)
+    # "wall": hours are real time since the run started (hour_seconds long), and a deferred
+    # round really waits; "simulated": each round lasts round_hours, the same in every runtime
+    clock: Literal["simulated", "wall"] = "simulated"
+    hour_seconds: float = Field(3600.0, gt=0)
 
     @property
     def site_grids_set(self) -> bool:
