@@ -55,7 +55,8 @@ def plan_command(
                  "seq_len": seq_len, "epochs": epochs, "method": method, "lora_rank": rank,
                  "base_bits": base_bits, "dtype": dtype, "recompute": recompute,
                  "deadline_hours": deadline_hours}
-        job_values.update({k: v for k, v in flags.items() if v not in (0, 0.0, "", None)})
+        job_values.update({k: v for k, v in flags.items()
+                           if v is not None and (isinstance(v, bool) or v not in (0, ""))})
         job = make_job(**job_values)
         specs: list[Any] = [*option_specs, *(option or [])]
         options = ([make_option(s) for s in specs] if specs else default_options(
