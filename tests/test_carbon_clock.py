@@ -88,8 +88,10 @@ def test_energy_settings_that_cannot_work_are_refused(tmp_path) -> None:
         load_config(None, ["energy.defer_hours=2"])
     with pytest.raises(ConfigError, match="both give the sites' grids"):
         load_config(None, ['energy.site_countries=["FRA"]', "energy.site_g_per_kwh=[5.0]"])
-    with pytest.raises(ConfigError, match="does not exist"):
-        run(small_config(f'energy.site_grid_csv="{tmp_path / "no.csv"}"'), store=False)
+    with pytest.raises(ConfigError, match="does not exist"):  # before any run is stored
+        run(small_config(f'energy.site_grid_csv="{tmp_path / "no.csv"}"',
+                         f'run.workspace="{tmp_path / "ws"}"'))
+    assert not (tmp_path / "ws").exists()
 
 
 def test_real_sites_declare_their_grids_over_grpc(tmp_path) -> None:

@@ -15,7 +15,7 @@ from .algorithms.strategy import Strategy, build_strategy
 from .config import RunConfig, config_from_dict
 from .coordinator import Coordinator
 from .energy import EnergyMeter
-from .energy.settings import check_simulated_grids
+from .energy.settings import check_grid_file, check_simulated_grids
 from .errors import ConfigError
 from .machine import make_meter, resolve_device
 from .node.node import Node, Workbench
@@ -175,6 +175,7 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
         stored = store.load_run(run_id)["config"]
         cfg = config_from_dict({**stored, "server": cfg.server.model_dump()})
         saved = store.latest_state(run_id)
+    check_grid_file(cfg)
     task = task_factory(cfg) if task_factory is not None else None
     _, strategy, bench, meter, co2_per_joule = _assemble(cfg, task)
     numel = bench.flat.spec.numel

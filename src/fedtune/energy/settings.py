@@ -51,8 +51,17 @@ def check_energy(cfg: Any) -> None:
                          "the sites; lower the floor or raise the fraction")
 
 
+def check_grid_file(cfg: Any) -> None:
+    """The hourly grid CSV is read before anything runs: a bad file stops no stored run."""
+    if cfg.energy.site_grid_csv:
+        from .grids import read_hourly_csv
+
+        read_hourly_csv(cfg.energy.site_grid_csv)
+
+
 def check_simulated_grids(cfg: Any) -> None:
     """A simulation has no site to declare its grid: carbon selection needs them configured."""
+    check_grid_file(cfg)
     if cfg.strategy.selection == "carbon" and not cfg.energy.site_grids_set:
         from ..errors import ConfigError
 
