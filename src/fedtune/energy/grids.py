@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,5 @@ class RunGrids:
         grid = self.site_grids(self.runtime.node_ids).at(nodes, self.hour(round_, selector))
         if not grid:
             return ledger
-        from dataclasses import replace
-
         return [replace(n, co2_g=n.energy_j * grid[n.node_id] / 3.6e6)
                 if n.node_id in grid else n for n in ledger]

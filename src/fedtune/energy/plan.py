@@ -13,8 +13,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError
-from .plan_data import hardware_table, model_preset, shape_for
-from .planner import ASSUMPTIONS, Estimate, Job, Option, estimate, fewest_devices, training_flops
+from .plan_data import hardware, hardware_table, model_preset, shape_for
+from .planner import (
+    ASSUMPTIONS,
+    Estimate,
+    Job,
+    Option,
+    estimate,
+    fewest_devices,
+    memory_bytes,
+    training_flops,
+)
 
 RANK_KEYS: dict[str, Callable[[Estimate], float]] = {
     "money": lambda e: e.money_usd if e.money_usd is not None else math.inf,
@@ -98,10 +107,7 @@ def make_option(spec: str | dict[str, Any]) -> Option:
         option = Option(**spec)
     except ValidationError as exc:
         raise _error(exc, "option") from None
-    if option.hardware not in hardware_table():
-        from .plan_data import hardware
-
-        hardware(option.hardware)  # raises the error that lists the known names
+    hardware(option.hardware)  # an unknown name: the error that lists the known ones
     return option
 
 
@@ -187,8 +193,6 @@ def _nothing_fits(job: Job, options: list[Option], ranked: list[Estimate]) -> st
 
 
 def _gb(job: Job) -> str:
-    from .planner import memory_bytes
-
     return f"{memory_bytes(job, 1)['total'] / 1e9:,.1f}"
 
 

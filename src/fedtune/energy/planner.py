@@ -34,6 +34,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import ConfigError
 from .carbon import carbon_intensity
 from .plan_data import Hardware, ModelPreset, hardware
 
@@ -187,8 +188,6 @@ def _power(hw: Hardware, option: Option) -> float:
     if option.power_watts is not None:
         return option.power_watts
     if hw.tdp_w is None:
-        from ..errors import ConfigError
-
         raise ConfigError(f"{hw.name}: {hw.power_note or 'no power figure'}")
     return hw.tdp_w
 

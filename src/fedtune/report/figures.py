@@ -34,15 +34,19 @@ def _series(run: Run, key: str) -> tuple[list[int], list[float]]:
     return [r["round"] for r in rows], [r[key] for r in rows]
 
 
-def accuracy(runs: list[Run]) -> go.Figure | None:
+def _per_round(runs: list[Run], key: str, title: str, y: str) -> go.Figure | None:
+    """One line per run of a round record's ``key``; None when no run has it."""
     fig = go.Figure()
     for run, color in zip(runs, itertools.cycle(COLORS)):
-        x, y = _series(run, "test_accuracy")
-        if x:
-            fig.add_scatter(x=x, y=y, mode="lines+markers", name=label(run),
+        xs, ys = _series(run, key)
+        if xs:
+            fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=label(run),
                             line={"color": color})
-    return _layout(fig, "Central test accuracy per round", "round", "accuracy") \
-        if fig.data else None
+    return _layout(fig, title, "round", y) if fig.data else None
+
+
+def accuracy(runs: list[Run]) -> go.Figure | None:
+    return _per_round(runs, "test_accuracy", "Central test accuracy per round", "accuracy")
 
 
 def loss(runs: list[Run]) -> go.Figure | None:
@@ -145,24 +149,12 @@ def energy_per_site(runs: list[Run]) -> go.Figure | None:
 
 
 def epsilon(runs: list[Run]) -> go.Figure | None:
-    fig = go.Figure()
-    for run, color in zip(runs, itertools.cycle(COLORS)):
-        x, y = _series(run, "epsilon")
-        if x:
-            fig.add_scatter(x=x, y=y, mode="lines+markers", name=label(run),
-                            line={"color": color})
-    return _layout(fig, "Privacy spent: client-level epsilon after each round", "round",
-                   "epsilon") if fig.data else None
+    return _per_round(runs, "epsilon", "Privacy spent: client-level epsilon after each round",
+                      "epsilon")
 
 
 def durations(runs: list[Run]) -> go.Figure | None:
-    fig = go.Figure()
-    for run, color in zip(runs, itertools.cycle(COLORS)):
-        x, y = _series(run, "wall_s")
-        if x:
-            fig.add_scatter(x=x, y=y, mode="lines+markers", name=label(run),
-                            line={"color": color})
-    return _layout(fig, "Duration of each round", "round", "seconds") if fig.data else None
+    return _per_round(runs, "wall_s", "Duration of each round", "seconds")
 
 
 def participation(runs: list[Run]) -> go.Figure | None:
