@@ -166,3 +166,14 @@ def test_on_a_wall_clock_a_deferred_round_really_waits(tmp_path) -> None:
     hour = result.extra["clock"]["start_hours"][0]
     assert 2.0 <= hour < 2.5  # a whole hour ahead of the clock, the clean one
     assert result.wall_s >= 0.5  # it slept until then
+
+
+def test_a_malformed_grid_declaration_is_refused_with_the_reason() -> None:
+    """What a site sends in its ready message: a number or hourly numbers, nothing else."""
+    from fedtune.energy.grids import declared_grid
+
+    assert declared_grid(120, "s") == 120.0
+    assert declared_grid([10, 20.5], "s") == [10.0, 20.5]
+    for bad in ("FRA", float("nan"), -1, True, [], [1] * 10_000, {"g": 1}, [5, "x"]):
+        reason = declared_grid(bad, "s")
+        assert isinstance(reason, str) and "site 's'" in reason, bad
