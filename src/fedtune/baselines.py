@@ -87,6 +87,7 @@ def run_baselines(kinds: list[str], cfg: RunConfig, task: Task,
                         "test_accuracy_worst": min(values),
                         "node_accuracy_own": dataclasses.asdict(
                             fairness_summary(list(own.values()))),
+                        "per_site_own_accuracy": own,
                         "per_site_test_accuracy": central}
     if "probe" in kinds:
         out["probe"] = linear_probe(task, cfg, device)

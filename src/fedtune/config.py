@@ -24,6 +24,7 @@ from .catalog import (
 )
 from .energy.settings import EnergySection, check_energy
 from .errors import ConfigError
+from .personal.settings import PersonalizationSection, check_personalization, personalization_defaults
 from .privacy.settings import PrivacySection, check_privacy, privacy_defaults
 from .secagg.settings import SecAggSection, check_secagg, secagg_defaults
 
@@ -245,6 +246,7 @@ class RunConfig(Section):
     runtime: RuntimeSection = RuntimeSection()
     privacy: PrivacySection = PrivacySection()
     secagg: SecAggSection = SecAggSection()
+    personalization: PersonalizationSection = PersonalizationSection()
 
     @model_validator(mode="before")
     @classmethod
@@ -258,7 +260,7 @@ class RunConfig(Section):
             getattr(strategy, "name", "fedavg")
         if name not in STRATEGY_NAMES:
             return data  # the strategy section's own check names the problem
-        out = secagg_defaults(privacy_defaults(dict(data)))
+        out = personalization_defaults(secagg_defaults(privacy_defaults(dict(data))))
         run = out.get("run", {})
         if isinstance(run, dict) and "name" not in run:  # a name that says what runs
             d = out.get("data", {})
@@ -287,6 +289,7 @@ class RunConfig(Section):
         check_energy(self)
         check_privacy(self)
         check_secagg(self)
+        check_personalization(self)
         return self
 
 

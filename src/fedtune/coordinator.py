@@ -40,6 +40,8 @@ from .node.instructions import NodeInstructions
 from .node.node import Workbench
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
+from .personal.evaluation import round_personal_eval, training_sites
+from .personal.node_parts import load_global
 from .privacy.sample_level import reported_epsilon
 from .round_parts import round_parts
 from .run_health import RunHealth, update_problem
@@ -71,7 +73,7 @@ class Coordinator:
         self.meter, self.co2_per_joule = meter, co2_per_joule
         self.store, self.run_id, self.on_round = store, run_id, on_round
         self.resumable = resumable  # write the state to resume from after every round
-        params = bench.flat.vector.detach().clone()
+        params = bench.flat.shared.detach().clone()
         self.numel, self.device = params.numel(), params.device
         self.saved_params: Path | None = None  # state file holding the current params
         # The workbench (the model, its gradient) is only needed to evaluate and to train
@@ -79,13 +81,14 @@ class Coordinator:
         self.release_bench = cfg.server.park_model or not runtime.capabilities.shares_workbench
         if self.release_bench:
             bench.flat.release()
-        self.round_parts = round_parts(cfg, runtime)
+        self.round_parts = round_parts(cfg, runtime, bench)
         for part in self.round_parts:
             strategy = self.strategy = part.adapt(strategy)
         self.state = CoordinatorState(
             params=params, parts={"opt": strategy.server_opt.init(params)})
         self.state.parts.update({part.name: part.init() for part in self.round_parts})
         self.stopped: str | None = None  # why the run stopped before its last round
+        self.personal_rounds: list[dict[str, object]] = []  # personal models' accuracy
         if strategy.control is not None:
             self.state.parts[strategy.control.name] = strategy.control.init(params)
         local = cfg.local.model_dump()
@@ -133,11 +136,17 @@ class Coordinator:
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.run.seed, "central", round_))
         stats, _ = train_locally(flat, self.x_central, self.y_central, self.bench.task.loss_fn,
                                  plan, gen)
-        self.state.params = flat.vector.detach().clone()
+        self.state.params = flat.shared.detach().clone()
         return stats.examples
+
+    def parts_aux(self) -> dict[str, torch.Tensor]:
+        """The tensors the round parts add to every instruction (travelling buffers)."""
+        return {k: v for p in self.round_parts for k, v in
+                p.instruction_aux(self.state.parts[p.name]).items()}
 
     def evaluate_central(self) -> dict[str, float]:
         self.bench.flat.load_(self.state.params, with_grad=False)
+        load_global(self.bench.flat, self.parts_aux())
         task = self.bench.task
         return evaluate_model(self.bench.flat.module, self.x_test, self.y_test, task.loss_fn,
                               task.metrics_fn)
@@ -145,7 +154,7 @@ class Coordinator:
     # -- one round -----------------------------------------------------------------------
     def select(self, round_: int) -> list[str]:
         """The nodes that train in ``round_`` (seeded, the same in every runtime)."""
-        nodes = self.runtime.node_ids
+        nodes = training_sites(self)  # held-out sites never train
         count = self.cfg.strategy.count
         if count > len(nodes) and not self.warned_count:
             self.warned_count = True
@@ -162,6 +171,7 @@ class Coordinator:
         control = self.strategy.control
         aux = control.instruction_aux(self.state.parts[control.name]) \
             if control is not None else {}
+        aux.update(self.parts_aux())
         config = dict(self.node_config)
         for part in self.round_parts:
             config.update(part.node_config(self.state.parts[part.name]))
@@ -271,6 +281,9 @@ class Coordinator:
                 return len(self.y_test)
 
             ledger.append(self.meter_server(round_, "evaluate", evaluate))
+        personal = round_personal_eval(self, round_)  # personal models, every N rounds
+        if personal is not None:
+            self.personal_rounds.append(personal)
         # in the order of ``nodes`` (selection order), not arrival order: every runtime then
         # averages the same numbers in the same order
         ledger[:] = self.grids.reprice(ledger, round_, self.selector)

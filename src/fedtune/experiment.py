@@ -19,6 +19,7 @@ from .energy.settings import check_grid_file, check_simulated_grids
 from .errors import ConfigError
 from .machine import make_meter, resolve_device
 from .node.node import Node, Workbench
+from .personal.settings import add_local_gains, layout
 from .rounds.federation import run_federation
 from .runtime.base import Runtime
 from .runtime.inprocess import InProcessRuntime
@@ -40,7 +41,8 @@ def _assemble(cfg: RunConfig, task: Task | None,
     except ValueError as exc:
         raise ConfigError(f"strategy: {exc}") from None
     meter, co2_per_joule = make_meter(cfg, device)
-    return task, strategy, Workbench.create(task, device, cfg.run.seed), meter, co2_per_joule
+    return task, strategy, Workbench.create(task, device, cfg.run.seed, **layout(cfg)), meter, \
+        co2_per_joule
 
 
 def _resume(coordinator: Coordinator, store: RunStore, run_id: str,
@@ -104,7 +106,8 @@ def _run(cfg: RunConfig, task: Task | None, run_store: RunStore | None, run_id: 
 
         r = cfg.runtime
         runtime = RayRuntime(task, seed=cfg.run.seed, device=str(device),
-                             energy=cfg.energy.model_dump(), address=r.ray_address,
+                             energy=cfg.energy.model_dump(), layout=layout(cfg),
+                             address=r.ray_address,
                              actors=r.ray_actors, cpus_per_actor=r.ray_cpus_per_actor,
                              gpus_per_actor=r.ray_gpus_per_actor)
     else:
@@ -134,6 +137,7 @@ def _run(cfg: RunConfig, task: Task | None, run_store: RunStore | None, run_id: 
 
                 result.extra["baselines"] = run_baselines(list(cfg.run.baselines), cfg, task,
                                                           bench.flat.device)
+                add_local_gains(result.extra)
                 if run_store is not None:
                     run_store.finish_run(run_id, result, result.status)
             return result

@@ -1,10 +1,10 @@
 """Parts of the coordinator's round that keep state and act at its fixed points.
 
 A round part sees the strategy once (:meth:`RoundPart.adapt`), adds keys to what every site
-is told (``node_config``), sees each valid update on its way into the fold (``receive``),
-changes the finished aggregate (``release``), closes the round (``after_round``), adds
-figures to the round's record (``round_metrics``), may stop the run before a round
-(``stop_reason``) and reports at the end (``summary``). Its state is a part of the
+is told (``node_config``) and tensors to every instruction (``instruction_aux``), sees each
+valid update on its way into the fold (``receive``), changes the finished aggregate
+(``release``), closes the round (``after_round``), adds figures to the round's record
+(``round_metrics``), may stop the run before a round (``stop_reason``) and reports at the end (``summary``). Its state is a part of the
 coordinator's state (:mod:`fedtune.coordinator_state`), so it is in every snapshot and a
 resumed run continues with it. Client-level differential privacy is one
 (:class:`fedtune.privacy.client_dp.ClientDP`), the report of sample-level DP another.
@@ -12,7 +12,7 @@ resumed run continues with it. Client-level differential privacy is one
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -30,7 +30,8 @@ class RoundPart(Protocol):
 
     def adapt(self, strategy: Strategy) -> Strategy: ...
     def init(self) -> Any: ...
-    def node_config(self, state: Any) -> dict[str, float | bool]: ...
+    def node_config(self, state: Any) -> Mapping[str, float | bool | str | int]: ...
+    def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]: ...
     def receive(self, update: Update, aux: dict[str, torch.Tensor], state: Any,
                 node_id: str) -> Update: ...
     def release(self, delta: torch.Tensor, state: Any, round_: int) -> torch.Tensor: ...
@@ -52,9 +53,14 @@ def population(runtime: Runtime, what: str) -> int:
     return known
 
 
-def round_parts(cfg: RunConfig, runtime: Runtime) -> list[RoundPart]:
-    """The round parts a config asks for."""
+def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any) -> list[RoundPart]:
+    """The round parts a config asks for (``bench``: the coordinator's model)."""
+    from .personal.round_part import personalization_part
+
     parts: list[RoundPart] = []
+    personal = personalization_part(cfg, bench)
+    if personal is not None:
+        parts.append(personal)
     if cfg.privacy.mode != "off":
         from .privacy.accountant import sampling_for
         from .privacy.client_dp import ClientDP

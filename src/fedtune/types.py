@@ -94,6 +94,7 @@ class EvalIns:
     round: int
     params: torch.Tensor
     config: dict[str, Scalar] = field(default_factory=dict)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # travelling buffers
 
 
 @dataclass

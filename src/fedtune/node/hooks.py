@@ -92,7 +92,9 @@ class UplinkTransforms:
 
 def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor]) -> list[NodeHook]:
     """The hooks one round runs, in order, from its instructions."""
-    hooks: list[NodeHook] = []
+    from ..personal.node_parts import node_hooks
+
+    hooks: list[NodeHook] = node_hooks(instructions, aux)
     if instructions.dp_sample_clip > 0:
         from ..privacy.site import SampleDP
 

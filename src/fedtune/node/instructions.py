@@ -40,6 +40,12 @@ class NodeInstructions:
     secagg_bits: int = 0
     secagg_clip: float = 1.0
     secagg_summands: int = 0
+    # personalization (fedtune.personal): the method and its knobs
+    personal: str = ""
+    head_steps: int = 10
+    ditto_lam: float = 0.0
+    pfa_alpha: float = 0.01
+    pfa_variant: str = "fo"
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:
@@ -63,6 +69,7 @@ class EvalInstructions:
     personalize_steps: int = 0
     lr: float = 0.05
     batch_size: int = 32
+    personal: str = ""  # the personalization method whose personal model is evaluated
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> EvalInstructions:

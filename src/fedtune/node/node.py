@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +26,7 @@ from ..energy import EnergyMeter
 from ..energy.meter import MeterToken
 from ..errors import MessageError
 from ..params import FlatModel
+from ..personal.node_parts import load_global, load_own_model
 from ..seeds import derived_seed
 from ..task import Task
 from ..types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
@@ -33,7 +34,7 @@ from .context import FitContext
 from .hooks import hooks_for
 from .instructions import EvalInstructions, NodeInstructions
 from .stages import STAGES, Stage, register_stage
-from .trainer import evaluate_model, train_locally
+from .trainer import LocalPlan, LocalStats, evaluate_model, train_locally
 
 
 @dataclass
@@ -44,9 +45,17 @@ class Workbench:
     task: Task
 
     @staticmethod
-    def create(task: Task, device: torch.device, seed: int) -> Workbench:
+    def create(task: Task, device: torch.device, seed: int, *, local: Sequence[str] = (),
+               buffers: str = "travel") -> Workbench:
+        """The task's model from ``seed``; parameters matching ``local`` (and buffers, as
+        :mod:`fedtune.personal.layout` says) stay at each site."""
+        from ..personal.layout import local_buffer_names, local_names
+
         torch.manual_seed(seed)
-        return Workbench(FlatModel(task.model_factory(), device), task)
+        module = task.model_factory()
+        return Workbench(FlatModel(module, device, local=local_names(module, local),
+                                   local_buffers=local_buffer_names(module, local, buffers)),
+                         task)
 
 
 class Node:
@@ -160,30 +169,39 @@ class Node:
         data = self.data
         ctx = FitContext(ins.round, ins.params, ins.aux, instructions, self.state,
                          seed=derived_seed(self.seed, ins.round, self.node_id, "up"),
-                         num_train=data.num_train)
+                         num_train=data.num_train, model=flat)
+        ctx.train = partial(self._phase, bench, data, ins.round)
         for hook in hooks:
             hook.before_fit(ctx)
         if bench.task.train_fn is not None:
-            if ctx.dp is not None:
-                raise MessageError("privacy.sample_dp needs fedtune's own local loop; this "
-                                   "task has a custom train_fn")
+            if ctx.dp is not None or ctx.loop is not None or ctx.trainable is not None:
+                raise MessageError("privacy.sample_dp and personalization methods with their "
+                                   "own local loop need fedtune's loop; this task has a "
+                                   "custom train_fn")
             steps = bench.task.train_fn(flat.module, data.x_train, data.y_train, plan,
                                         self._generator(ins.round, "fit"))
             flat.reseat_grads()  # user code may have set .grad to None
             examples, loss = data.num_train, float("nan")
             ctx.optimizer_state = {}
         else:
-            stats, ctx.optimizer_state = train_locally(
+            stats, ctx.optimizer_state = (ctx.loop or train_locally)(
                 flat, data.x_train, data.y_train, bench.task.loss_fn, plan,
                 self._generator(ins.round, "fit"),
                 prox_center=ins.params if plan.prox_mu else None, correction=ctx.correction,
-                optimizer_state=ctx.optimizer_state, dp=ctx.dp)
+                optimizer_state=ctx.optimizer_state, dp=ctx.dp, trainable=ctx.trainable)
             steps, examples, loss = stats.steps, stats.examples, stats.mean_loss
-        ctx.update, ctx.steps = flat.vector - ins.params, steps
+        ctx.update, ctx.steps = flat.shared - ins.params, steps
         for hook in hooks:
             hook.after_fit(ctx)
         return FitRes(self.node_id, ins.round, ctx.update, examples, steps, loss, ctx.out_aux,
                       self._metered(wall0, cpu0, token), ctx.encoding)
+
+    def _phase(self, bench: Workbench, data: NodeData, round_: int, plan: LocalPlan,
+               purpose: str, **options: Any) -> LocalStats:
+        """One more local training phase of a round (a hook's), seeded by its purpose."""
+        stats, _ = train_locally(bench.flat, data.x_train, data.y_train, bench.task.loss_fn,
+                                 plan, self._generator(round_, purpose), **options)
+        return stats
 
     def _roll_back(self, round_: int, mutable: list[str]) -> None:
         """Before a round: restore ``mutable`` keys when the round repeats, else remember
@@ -203,11 +221,14 @@ class Node:
         wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
         flat, task, d = bench.flat, bench.task, self.data
         flat.load_(ins.params)
+        load_global(flat, ins.aux)
         metrics = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
         instructions = EvalInstructions.from_config(ins.config)
+        own = load_own_model(flat, instructions.personal, self.state)
         if instructions.personalize_steps > 0:
             train_locally(flat, d.x_train, d.y_train, task.loss_fn, instructions.plan,
                           self._generator(ins.round, "personalize"))
+        if own or instructions.personalize_steps > 0:
             tuned = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
             metrics.update({f"{k}_personalized": v for k, v in tuned.items()})
         return EvalRes(self.node_id, ins.round, int(d.x_test.shape[0]), metrics,

@@ -102,10 +102,13 @@ def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
                   prox_center: torch.Tensor | None = None,
                   correction: torch.Tensor | None = None,
                   optimizer_state: dict[str, Any] | None = None,
-                  dp: DPSGD | None = None) -> tuple[LocalStats, dict[str, Any]]:
+                  dp: DPSGD | None = None,
+                  trainable: slice | None = None) -> tuple[LocalStats, dict[str, Any]]:
     """Run ``plan`` on ``(x, y)`` starting from the model's current parameters; with ``dp``
     (sample-level DP, :mod:`fedtune.privacy.dp_sgd`) its Poisson batches and noised
-    per-example gradients replace the shuffled batches and the batch gradient.
+    per-example gradients replace the shuffled batches and the batch gradient. The proximal
+    centre and the correction cover the travelling prefix of the vector; ``trainable``
+    limits the steps to one slice of it (the rest is put back after every step: FedRep).
 
     Returns the statistics and the optimizer state (kept by the node when the plan says so).
     """
@@ -119,7 +122,8 @@ def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
     loss_sum = torch.zeros((), device=flat.device)
     step = examples = 0
     batches = dp.batches(target, generator, x.device) if dp is not None \
-        else _shuffled(n, plan.batch_size, target, generator, x.device)
+        else shuffled_batches(n, plan.batch_size, target, generator, x.device)
+    frozen = flat.vector.detach().clone() if trainable is not None else None
     for idx in batches:
         if dp is not None:
             loss = dp.backward(flat, x[idx], y[idx], loss_fn, step)
@@ -128,14 +132,17 @@ def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()  # type: ignore[no-untyped-call]
         if prox_center is not None and plan.prox_mu:
-            flat.grad.add_(flat.vector - prox_center, alpha=plan.prox_mu)
+            shared = slice(0, prox_center.numel())
+            flat.grad[shared].add_(flat.vector[shared] - prox_center, alpha=plan.prox_mu)
         if correction is not None:
-            flat.grad.add_(correction)
+            flat.grad[:correction.numel()].add_(correction)
         if plan.max_grad_norm:
             norm = flat.grad.norm()
             flat.grad.mul_(torch.clamp(plan.max_grad_norm / (norm + 1e-12), max=1.0))
         with torch.no_grad():
             opt.step()
+            if frozen is not None and trainable is not None:
+                _restore_outside(flat.vector, frozen, trainable)
         loss_sum += loss.detach()
         step += 1
         examples += int(idx.shape[0])
@@ -145,7 +152,14 @@ def train_locally(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
     return stats, opt.state()
 
 
-def _shuffled(n: int, batch_size: int, steps: int, generator: torch.Generator,
+def _restore_outside(vector: torch.Tensor, saved: torch.Tensor, keep: slice) -> None:
+    """Put ``vector`` back to ``saved`` everywhere outside ``keep``."""
+    start, stop, _ = keep.indices(vector.numel())
+    vector[:start].copy_(saved[:start])
+    vector[stop:].copy_(saved[stop:])
+
+
+def shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator,
               device: torch.device) -> Iterator[torch.Tensor]:
     """``steps`` batches of consecutive slices of a fresh permutation per epoch."""
     step = 0

@@ -96,6 +96,9 @@ class ClientDP:
                 "dp_secure": self.s.secure_rng}
 
     # -- the round -----------------------------------------------------------------------
+    def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]:
+        return {}
+
     def receive(self, update: Update, aux: dict[str, torch.Tensor], state: DPState,
                 node_id: str) -> Update:
         """One update on its way into the fold: clipped here (central), or counted by the

@@ -36,6 +36,9 @@ class SampleLevelReport:
 
         return node_config(self.s, self.rounds)
 
+    def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]:
+        return {}
+
     def receive(self, update: Update, aux: dict[str, torch.Tensor], state: None,
                 node_id: str) -> Update:
         eps = reported_epsilon(aux)

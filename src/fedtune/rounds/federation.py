@@ -19,8 +19,9 @@ from ..algorithms.fairness import fairness_summary
 from ..algorithms.selection import FixedSize
 from ..coordinator import Coordinator
 from ..energy.run_plan import plan_own_run, plan_vs_actual
+from ..personal.evaluation import adaptation, eval_instruction, personal_summary, training_sites
 from ..seeds import derived_seed
-from ..types import EvalIns, EvalRes, NodeFailure, NodeRoundRecord, RoundRecord, RunResult, Scalar
+from ..types import EvalRes, NodeFailure, NodeRoundRecord, RoundRecord, RunResult
 from .buffered_async import run_buffered_async
 from .sync import run_sync_rounds
 
@@ -79,6 +80,9 @@ def run_federation(coord: Coordinator) -> RunResult:
         wall_s=time.perf_counter() - t0, energy_method=coord.meter.code)
     for part in coord.round_parts:  # e.g. "privacy": epsilon, delta, the bound, the noise
         result.extra[part.name] = part.summary(coord.state.parts[part.name])
+    if cfg.personalization.method != "none":
+        result.extra["personal"].update(personal_summary(evals), rounds=coord.personal_rounds,
+                                        new_sites=adaptation(coord))
     if coord.stopped:
         result.extra["stopped"] = coord.stopped
     if cfg.strategy.selection == "carbon" and hist:
@@ -152,8 +156,9 @@ def clock_summary(hours: list[float], start: float, round_hours: float) -> dict[
 
 
 def evaluated_sites(coord: Coordinator) -> list[str]:
-    """Every site, or a seeded uniform sample of ``evaluation.max_sites`` of them."""
-    ids = coord.runtime.node_ids
+    """Every training site, or a seeded uniform sample of ``evaluation.max_sites`` of them
+    (held-out sites are evaluated apart: :func:`fedtune.personal.evaluation.adaptation`)."""
+    ids = training_sites(coord)
     k = coord.cfg.evaluation.max_sites
     if len(ids) <= k:
         return ids
@@ -176,12 +181,9 @@ def sample_interval(values: list[float], population: int) -> tuple[float, float]
 def evaluate_nodes(coord: Coordinator) -> tuple[dict[str, EvalRes], list[NodeRoundRecord]]:
     """Each node's accuracy with the global model and after local fine-tuning."""
     cfg, runtime = coord.cfg, coord.runtime
-    ev = cfg.evaluation
-    config: dict[str, Scalar] = {"personalize_steps": ev.personalize_steps,
-                                 "lr": ev.personalize_lr or cfg.local.lr,
-                                 "batch_size": cfg.local.batch_size}
     round_ = cfg.run.rounds
-    ins = EvalIns(round_, coord.state.params, config)
+    ins = eval_instruction(coord, round_)
+    steps = int(ins.config["personalize_steps"])
     out: dict[str, EvalRes] = {}
     ledger = []
     for reply in runtime.evaluate(evaluated_sites(coord), ins):
@@ -190,7 +192,7 @@ def evaluate_nodes(coord: Coordinator) -> tuple[dict[str, EvalRes], list[NodeRou
             out[res.node_id] = res
             m = res.meter
             ledger.append(NodeRoundRecord(round_, res.node_id, "evaluate", res.num_examples,
-                                          ev.personalize_steps, float("nan"), m.wall_s,
+                                          steps, float("nan"), m.wall_s,
                                           m.cpu_s, reply.bytes_down, reply.bytes_up,
                                           m.energy_j, m.co2_g, m.energy_method))
         else:

@@ -29,7 +29,7 @@ class _NodeHost:
     """Runs inside a Ray actor: a Workbench and the Node objects of its shard."""
 
     def __init__(self, task: Any, seed: int, device: str, energy: dict[str, Any],
-                 threads: int) -> None:
+                 threads: int, layout: dict[str, Any]) -> None:
         from ..energy import carbon_intensity
         from ..machine import energy_meter
         from ..node.node import Workbench
@@ -40,7 +40,7 @@ class _NodeHost:
         self.device = torch.device(device)
         self.meter, self.seed = energy_meter(energy, self.device), seed
         self.co2 = carbon_intensity(energy["country"]) / 3.6e6
-        self.bench = Workbench.create(task, self.device, seed)
+        self.bench = Workbench.create(task, self.device, seed, **layout)
         self.sites = task.data.nodes
         self.nodes: dict[str, Any] = {}  # a site's Node is made the first time it works
 
@@ -61,7 +61,8 @@ class RayRuntime:
     """Nodes as Ray actors with configurable CPUs and GPUs each."""
 
     def __init__(self, task: Any, *, seed: int, device: str, energy: dict[str, Any],
-                 address: str = "", actors: int = 2, cpus_per_actor: float = 1.0,
+                 layout: dict[str, Any] | None = None, address: str = "", actors: int = 2,
+                 cpus_per_actor: float = 1.0,
                  gpus_per_actor: float = 0.0) -> None:
         try:
             import ray
@@ -84,7 +85,8 @@ class RayRuntime:
         host_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_NodeHost)
         threads = torch.get_num_threads()
         shared = ray.put(task)  # one copy in the object store for every actor
-        self._hosts: list[Any] = [host_cls.remote(shared, seed, device, energy, threads)
+        self._hosts: list[Any] = [host_cls.remote(shared, seed, device, energy, threads,
+                                                  layout or {})
                                   for _ in range(count)]
         self._where = {node_id: self._hosts[i % count] for i, node_id in enumerate(ids)}
         self._ids = ids

@@ -129,6 +129,7 @@ class Site:
         if self.node is not None:
             return
         cfg = config_from_dict(welcome)
+        from ...personal.settings import layout
         if cfg.strategy.mode == "secagg":
             from ...secagg.protocol import install
 
@@ -148,7 +149,7 @@ class Site:
                             f"{tuple(task.data.input_shape)}; give the run's features in its "
                             "order")
         device = resolve_device(self.o.device)
-        self.bench = Workbench.create(task, device, cfg.run.seed)
+        self.bench = Workbench.create(task, device, cfg.run.seed, **layout(cfg))
         meter, co2 = make_meter(cfg, device)
         self.node = Node(NodeData(self.o.site, data.x_train, data.y_train, data.x_test,
                                   data.y_test), seed=cfg.run.seed, meter=meter,

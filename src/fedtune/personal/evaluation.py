@@ -1,0 +1,112 @@
+"""Evaluating personal models: each site's own model on its own held-out data.
+
+* :func:`eval_instruction`: what a site is asked to evaluate: the global model (with the
+  travelling buffers) and its personal model: its kept part (FedPer, FedRep, FedBN), Ditto's
+  personal model, or the global model after ``evaluation.personalize_steps`` local steps
+  (FedAvg + fine-tuning, Per-FedAvg with its step size ``alpha``, Reptile).
+* :func:`personal_summary`: mean, worst site, bottom 10 % of the personal accuracies, and
+  per site the gain over the global model and (with the ``local`` baseline) over training
+  alone.
+* Held-out sites (``personalization.holdout_sites``): a seeded sample of sites that never
+  train; after the run each is evaluated after 0, 1, 2, 5 (``adapt_steps``) local steps from
+  the final model: how fast a site that joins later adapts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from ..algorithms.fairness import fairness_summary
+from ..algorithms.selection import FixedSize
+from ..seeds import derived_seed
+from ..types import EvalIns, EvalRes, Scalar
+
+if TYPE_CHECKING:
+    from ..coordinator import Coordinator
+
+OWN_MODEL = ("fedper", "fedrep", "fedbn", "ditto")  # trained personal models: no fine-tuning
+
+
+def held_out(coord: Coordinator) -> frozenset[str]:
+    """The sites that never train (a seeded sample, the same in every runtime)."""
+    k = coord.cfg.personalization.holdout_sites
+    ids = sorted(coord.runtime.node_ids)
+    if not k or len(ids) <= k:
+        return frozenset()
+    seed = derived_seed(coord.cfg.run.seed, "holdout")
+    return frozenset(FixedSize(count=k).select(ids, 0, seed))
+
+
+def training_sites(coord: Coordinator) -> list[str]:
+    """The sites a round may select: every site but the held-out ones."""
+    out = held_out(coord)
+    return [n for n in coord.runtime.node_ids if n not in out]
+
+
+def eval_config(coord: Coordinator, steps: int | None = None) -> dict[str, Scalar]:
+    """The evaluate instruction's config: the method, and its fine-tuning steps and rate."""
+    cfg = coord.cfg
+    p, ev = cfg.personalization, cfg.evaluation
+    own = p.method in OWN_MODEL
+    if steps is None:
+        steps = 0 if own else ev.personalize_steps
+    lr = ev.personalize_lr or (p.alpha if p.method == "perfedavg" else cfg.local.lr)
+    config: dict[str, Scalar] = {"personalize_steps": steps, "lr": lr,
+                                 "batch_size": cfg.local.batch_size}
+    if own:
+        config["personal"] = p.method
+    return config
+
+
+def eval_instruction(coord: Coordinator, round_: int, steps: int | None = None) -> EvalIns:
+    return EvalIns(round_, coord.state.params, eval_config(coord, steps), coord.parts_aux())
+
+
+def personal_summary(evals: dict[str, EvalRes]) -> dict[str, Any]:
+    """The personal models' accuracy over sites and each site's gains (in points)."""
+    personal = {k: v.metrics.get("accuracy_personalized", math.nan)
+                for k, v in sorted(evals.items())}
+    shared = {k: v.metrics.get("accuracy", math.nan) for k, v in sorted(evals.items())}
+    fs = fairness_summary(list(personal.values()))
+    out: dict[str, Any] = {
+        "sites": len(personal), "mean_acc": fs.mean, "worst_acc": fs.worst,
+        "bottom10_acc": fs.bottom10_mean, "min_test_examples": min(
+            (v.num_examples for v in evals.values()), default=0),
+        "per_site_acc": personal,
+        "gain_over_global_pts": {k: 100 * (personal[k] - shared[k]) for k in personal},
+    }
+    return out
+
+
+def round_personal_eval(coord: Coordinator, round_: int) -> dict[str, Any] | None:
+    """Every ``personalization.eval_every`` rounds: the personal models of the training
+    sites, summarized (None in other rounds)."""
+    every = coord.cfg.personalization.eval_every
+    if not every or round_ % every or round_ == coord.cfg.run.rounds:
+        return None
+    sites = training_sites(coord)
+    evals = {r.result.node_id: r.result for r in
+             coord.runtime.evaluate(sites, eval_instruction(coord, round_))
+             if isinstance(r.result, EvalRes)}
+    summary = personal_summary(evals)
+    summary.pop("gain_over_global_pts")
+    summary.pop("per_site_acc")
+    return {"round": round_, **summary}
+
+
+def adaptation(coord: Coordinator) -> dict[str, Any]:
+    """Held-out sites: accuracy after each of ``adapt_steps`` local steps from the final
+    model (their personal part, when the method has one, starts from its initial values)."""
+    sites = sorted(held_out(coord))
+    if not sites:
+        return {}
+    curve: dict[str, float] = {}
+    for steps in coord.cfg.personalization.adapt_steps:
+        config = eval_config(coord, steps)
+        ins = EvalIns(coord.cfg.run.rounds, coord.state.params, config, coord.parts_aux())
+        values = [r.result.metrics.get("accuracy_personalized" if steps or "personal" in
+                                       config else "accuracy", math.nan)
+                  for r in coord.runtime.evaluate(sites, ins) if isinstance(r.result, EvalRes)]
+        curve[str(steps)] = fairness_summary(values).mean
+    return {"sites": sites, "mean_acc_after_steps": curve}
