@@ -95,6 +95,7 @@ class DataSection(Section):
 class ModelSection(Section):
     kind: Literal["mlp", "cnn", "minilm-lora", "minilm-ffa-lora", "minilm-full"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [128])
+    norm: Literal["none", "batch", "layer"] = "none"  # mlp: a norm layer after each hidden
     lora_rank: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
 

@@ -7,12 +7,17 @@ from collections.abc import Sequence
 from torch import nn
 
 
-def mlp(input_dim: int, hidden: Sequence[int], num_classes: int) -> nn.Module:
-    """Fully connected ReLU network ``input_dim -> hidden... -> num_classes``."""
+NORMS = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+
+
+def mlp(input_dim: int, hidden: Sequence[int], num_classes: int, norm: str = "none") -> nn.Module:
+    """Fully connected ReLU network ``input_dim -> hidden... -> num_classes``; ``norm``
+    puts a BatchNorm or LayerNorm after every hidden linear layer (FedBN's setting)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = input_dim
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layer = NORMS[norm]
+        layers += [nn.Linear(width, h), *([layer(h)] if layer else []), nn.ReLU()]
         width = h
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)

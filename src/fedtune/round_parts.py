@@ -4,9 +4,10 @@ A round part sees the strategy once (:meth:`RoundPart.adapt`), adds keys to what
 is told (``node_config``) and tensors to every instruction (``instruction_aux``), sees each
 valid update on its way into the fold (``receive``), changes the finished aggregate
 (``release``), closes the round (``after_round``), adds figures to the round's record
-(``round_metrics``), may stop the run before a round (``stop_reason``) and reports at the end (``summary``). Its state is a part of the
-coordinator's state (:mod:`fedtune.coordinator_state`), so it is in every snapshot and a
-resumed run continues with it. Client-level differential privacy is one
+(``round_metrics``), may stop the run before a round (``stop_reason``) and reports at the
+end (``summary``). Its state is a part of the coordinator's state
+(:mod:`fedtune.coordinator_state`), so it is in every snapshot and a resumed run continues
+with it. Client-level differential privacy is one
 (:class:`fedtune.privacy.client_dp.ClientDP`), the report of sample-level DP another.
 """
 

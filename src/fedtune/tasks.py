@@ -46,6 +46,6 @@ def build_task(cfg: RunConfig) -> Task:
         factory = partial(small_cnn, data.num_classes)
     else:
         factory = partial(mlp, math.prod(data.input_shape), tuple(cfg.model.hidden),
-                          data.num_classes)
+                          data.num_classes, cfg.model.norm)
     name = "files" if d.files else d.dataset
     return Task(model_factory=factory, data=data, name=f"{name}-{cfg.model.kind}")

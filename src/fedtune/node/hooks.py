@@ -17,7 +17,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -90,11 +90,13 @@ class UplinkTransforms:
         ctx.encoding = tctx.encoding
 
 
-def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor]) -> list[NodeHook]:
-    """The hooks one round runs, in order, from its instructions."""
+def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor],
+              model: Any = None) -> list[NodeHook]:
+    """The hooks one round runs, in order, from its instructions (and, for what a site
+    keeps of its own, the layout of its ``model``)."""
     from ..personal.node_parts import node_hooks
 
-    hooks: list[NodeHook] = node_hooks(instructions, aux)
+    hooks: list[NodeHook] = node_hooks(instructions, aux, model)
     if instructions.dp_sample_clip > 0:
         from ..privacy.site import SampleDP
 

@@ -156,7 +156,7 @@ class Node:
         that round, so nothing is applied twice and the answer is the same."""
         wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
         instructions = NodeInstructions.from_config(ins.config)
-        hooks = hooks_for(instructions, ins.aux)
+        hooks = hooks_for(instructions, ins.aux, bench.flat)
         self._roll_back(ins.round, [key for hook in hooks for key in hook.mutable])
         flat, plan = bench.flat, instructions.plan
         if ins.encoding:  # a compressed broadcast: train from what it decodes to
@@ -224,7 +224,7 @@ class Node:
         load_global(flat, ins.aux)
         metrics = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
         instructions = EvalInstructions.from_config(ins.config)
-        own = load_own_model(flat, instructions.personal, self.state)
+        own = load_own_model(flat, instructions.personal, self.state)  # or its kept part
         if instructions.personalize_steps > 0:
             train_locally(flat, d.x_train, d.y_train, task.loss_fn, instructions.plan,
                           self._generator(ins.round, "personalize"))

@@ -60,9 +60,11 @@ def load_global(flat: FlatModel, aux: dict[str, torch.Tensor]) -> None:
 
 def load_own_model(flat: FlatModel, method: str, state: dict[str, Any]) -> bool:
     """Turn the loaded global model into the site's own (its personal part, or Ditto's
-    personal model); False for methods whose personal model is the global one fine-tuned."""
-    if method in ("fedper", "fedrep", "fedbn"):
+    personal model); False for methods whose personal model is the global one fine-tuned
+    (which still starts from the buffers the site keeps, when it keeps some)."""
+    if has_personal_part(flat):
         load_personal(flat, state.get("personal"))
+    if method in ("fedper", "fedrep", "fedbn"):
         return True
     if method == "ditto":
         saved = state.get("ditto")
@@ -145,14 +147,20 @@ class PerFedAvg:
         return None
 
 
-def node_hooks(instructions: Any, aux: dict[str, torch.Tensor]) -> list[Any]:
+def has_personal_part(flat: FlatModel | None) -> bool:
+    """Whether the model's layout keeps parameters or buffers at each site."""
+    return flat is not None and bool(flat.local.numel() or flat.initial_buffers["local"].numel())
+
+
+def node_hooks(instructions: Any, aux: dict[str, torch.Tensor],
+               flat: FlatModel | None) -> list[Any]:
     """The personalization hooks one round runs, in order (before compression or privacy:
     they shape the model the update is taken from)."""
     hooks: list[Any] = []
     if BUFFERS in aux:
         hooks.append(TravelBuffers())
     method = instructions.personal
-    if method in ("fedper", "fedrep", "fedbn"):
+    if has_personal_part(flat):  # the layout decides, the same at every site
         hooks.append(KeepPersonal())
     if method == "fedrep":
         hooks.append(FedRepHead())
