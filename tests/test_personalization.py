@@ -184,7 +184,7 @@ def test_batchnorm_statistics_travel_as_a_mean_or_stay_at_each_site():
 
 
 def test_fedbn_keeps_norm_layers_and_their_statistics():
-    cfg, bench, nodes = _world('model.norm="batch"', local=("norm",))
+    _cfg, bench, _nodes = _world('model.norm="batch"', local=("norm",))
     assert bench.flat.local_names == ("2.weight", "2.bias")
     assert bench.flat.buffers("travel").numel() == 0, "FedBN's statistics stay too"
     res = run(small_config('model.norm="batch"', 'personalization.method="fedbn"',

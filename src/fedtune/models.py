@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from torch import nn
 
-
 NORMS = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
 
