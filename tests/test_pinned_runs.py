@@ -67,6 +67,15 @@ CASES["all-secagg-dp"] = ['strategy.mode="secagg"', 'privacy.mode="distributed"'
                           "secagg.clip_range=4.0", *SEEDED_DP, *ALL_SITES]
 CASES["all-sample-dp"] = ["privacy.sample_dp=true", "privacy.secure_rng=false",
                           "privacy.sample_noise_multiplier=0.8", *ALL_SITES]
+# personalization: a kept head and travelling BatchNorm statistics; FedBN; Ditto; Per-FedAvg
+BATCHNORM = ['model.norm="batch"', "model.hidden=[32]"]
+CASES["all-fedrep-bn"] = ['personalization.method="fedrep"', "personalization.head_steps=3",
+                          *BATCHNORM, *ALL_SITES]
+CASES["fedbn"] = ['personalization.method="fedbn"', *BATCHNORM]
+CASES["ditto"] = ['personalization.method="ditto"', "personalization.lam=1.0",
+                  "local.optimizer=\"sgd\""]
+CASES["perfedavg-hf"] = ['personalization.method="perfedavg"', 'personalization.variant="hf"',
+                         "personalization.holdout_sites=1"]
 
 
 def fingerprint(workspace: Path) -> str:
@@ -131,7 +140,8 @@ def ray_instance():
 
 
 @pytest.mark.parametrize("name", ["fedyogi", "fednova-steps", "all-dp-distributed-adaptive",
-                                  "all-sample-dp", "all-secagg-dropout"])
+                                  "all-sample-dp", "all-secagg-dropout", "fedbn", "ditto",
+                                  "perfedavg-hf"])
 def test_ray_run_matches_the_same_pin(name, tmp_path, ray_instance):
     digest = run_case(name, tmp_path / "ws", 'runtime.kind="ray"', "runtime.ray_actors=2",
                       "runtime.ray_cpus_per_actor=0.5")
@@ -150,7 +160,7 @@ def as_toml(overrides: list[str]) -> str:
 
 
 @pytest.mark.parametrize("name", ["all-fedyogi", "all-topk-q8-ef", "all-sample-dp",
-                                  "all-secagg-dropout"])
+                                  "all-secagg-dropout", "all-fedrep-bn"])
 def test_grpc_run_matches_the_same_pin(name, tmp_path):
     from .deployment import Federation
 
