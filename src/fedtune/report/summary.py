@@ -44,6 +44,7 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "sample_privacy": result.extra.get("sample_privacy"),
         "stopped": result.extra.get("stopped", ""),
         "plan": result.extra.get("plan"), "energy_split": result.extra.get("energy_split"),
+        "personal": result.extra.get("personal"),
     })
     return summary
 
@@ -64,7 +65,7 @@ def stored_summary(data: dict[str, Any],
         "baselines": extra.get("baselines", {}), "privacy": extra.get("privacy"),
         "sample_privacy": extra.get("sample_privacy"), "stopped": extra.get("stopped", ""),
         "plan": extra.get("plan"), "energy_split": extra.get("energy_split"),
-        "audit": audit or {}})
+        "personal": extra.get("personal"), "audit": audit or {}})
     return summary
 
 
@@ -87,9 +88,14 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
     table.add_row("node accuracy, global model",
                   f"mean {pct(g['mean'])}, worst {pct(g['worst'])}, "
                   f"bottom 10 % {pct(g['bottom10_mean'])}")
-    table.add_row("node accuracy, fine-tuned locally",
+    personal = summary.get("personal") or {}
+    method = personal.get("method", "")
+    table.add_row(f"node accuracy, personal model ({method})" if personal
+                  else "node accuracy, fine-tuned locally",
                   f"mean {pct(p['mean'])}, worst {pct(p['worst'])}, "
                   f"bottom 10 % {pct(p['bottom10_mean'])}")
+    for what, line in personal_lines(personal):
+        table.add_row(what, line)
     jain_g = "n/a" if g["jain_index"] is None else f"{g['jain_index']:.4f}"
     jain_p = "n/a" if p["jain_index"] is None else f"{p['jain_index']:.4f}"
     table.add_row("fairness (Jain's index)", f"global {jain_g}, fine-tuned {jain_p}")
@@ -159,3 +165,25 @@ def sample_privacy_line(p: dict[str, Any]) -> str:
     if not p.get("private", True):
         line += " — NOT PRIVATE: the noise was seeded (privacy.secure_rng = false)"
     return line
+
+
+def personal_lines(personal: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows on personal models: gains per site, held-out sites' adaptation, tuned choices."""
+    rows: list[tuple[str, str]] = []
+    for key, what in (("gain_over_global_pts", "the global model"),
+                      ("gain_over_local_pts", "training alone")):
+        gains = [v for v in (personal.get(key) or {}).values() if v is not None]
+        if gains:
+            rows.append((f"personal gain over {what}",
+                         f"mean {sum(gains) / len(gains):+.2f} pts, worst site "
+                         f"{min(gains):+.2f} pts, {sum(g > 0 for g in gains)} of {len(gains)} "
+                         "sites better"))
+    curve = (personal.get("new_sites") or {}).get("mean_acc_after_steps")
+    if curve:
+        rows.append(("held-out sites, after k local steps", ", ".join(
+            f"k={k}: {100 * v:.2f} %" for k, v in curve.items() if v is not None)))
+    tuned = personal.get("tuned")
+    if tuned:
+        rows.append(("tuned configuration", ", ".join(f"{k}={v}" for k, v in
+                                                      tuned["best"].items())))
+    return rows
