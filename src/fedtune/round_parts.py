@@ -62,6 +62,10 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any) -> list[RoundPart]
     personal = personalization_part(cfg, bench)
     if personal is not None:
         parts.append(personal)
+    if cfg.personalization.method == "fedex":
+        from .personal.fedex import FedExTuner
+
+        parts.append(FedExTuner(cfg.personalization))
     if cfg.privacy.mode != "off":
         from .privacy.accountant import sampling_for
         from .privacy.client_dp import ClientDP

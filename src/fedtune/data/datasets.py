@@ -91,5 +91,6 @@ def dataset_loader(name: str, options: dict[str, float]) -> Callable[..., Datase
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise DataError(f"data.options has {unknown[0]!r}, which dataset {name!r} does not "
-                        f"take; its options: {', '.join(known) or 'none'}")
+                        f"take; its options: {', '.join(known) or 'none'} (and site_shift, for "
+                        "any dataset)")
     return loader  # type: ignore[no-any-return]

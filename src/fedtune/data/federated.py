@@ -106,7 +106,8 @@ def build_federated_data(dataset: str, *, num_nodes: int, partition: str, seed: 
                          **partition_options: float) -> FederatedData:
     """Load a bundled dataset and cut it into a federation; a dataset that builds its own
     natural federation (``synthetic``) does so, its sites made on demand."""
-    options = dataset_options or {}
+    options = dict(dataset_options or {})
+    shift = options.pop("site_shift", 0.0)  # each site's inputs under its own transform
     loader = dataset_loader(dataset, options)
     federation = getattr(loader, "federation", None)
     if partition == "natural" and federation is not None:
@@ -116,7 +117,13 @@ def build_federated_data(dataset: str, *, num_nodes: int, partition: str, seed: 
             min_size=min_size, **options)
         return fd
     ds = loader(seed, **options)
-    return partition_dataset(ds, num_nodes=num_nodes, partition=partition, seed=seed,
-                             test_fraction=test_fraction, central_fraction=central_fraction,
-                             node_test_fraction=node_test_fraction, min_size=min_size,
-                             **partition_options)
+    out = partition_dataset(ds, num_nodes=num_nodes, partition=partition, seed=seed,
+                            test_fraction=test_fraction, central_fraction=central_fraction,
+                            node_test_fraction=node_test_fraction, min_size=min_size,
+                            **partition_options)
+    if shift:
+        from .shift import shift_sites
+
+        assert isinstance(out.nodes, HeldSites)
+        out.nodes = shift_sites(out.nodes, shift, seed)
+    return out

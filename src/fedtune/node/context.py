@@ -35,3 +35,8 @@ class FitContext:
     train: Any = None
     trainable: slice | None = None  # the main loop steps only this slice of the vector
     loop: Any = None  # replaces the default local loop (Per-FedAvg), same signature
+    plan: Any = None  # replaces the instruction's local plan (FedEx's sampled configuration)
+    rows: torch.Tensor | None = None  # train on these rows of the training data only
+    evaluate_rows: Any = None  # (rows) -> the model's loss and metrics on training rows
+    node_seed: int = 0  # the node's own seed and id (per-site choices that never change)
+    node_id: str = ""

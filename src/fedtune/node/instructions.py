@@ -46,6 +46,9 @@ class NodeInstructions:
     ditto_lam: float = 0.0
     pfa_alpha: float = 0.01
     pfa_variant: str = "fo"
+    fedex_grid: str = ""  # FedEx's configurations, lr:steps:scope;... ("" = off)
+    fedex_val_fraction: float = 0.2
+    fedex_metric: str = "error"  # or "loss"
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:
@@ -70,6 +73,7 @@ class EvalInstructions:
     lr: float = 0.05
     batch_size: int = 32
     personal: str = ""  # the personalization method whose personal model is evaluated
+    personalize_scope: str = "all"  # or "head": fine-tune the last layer only
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> EvalInstructions:

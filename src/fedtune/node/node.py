@@ -26,6 +26,7 @@ from ..energy import EnergyMeter
 from ..energy.meter import MeterToken
 from ..errors import MessageError
 from ..params import FlatModel
+from ..personal.fedex import head_slice
 from ..personal.node_parts import load_global, load_own_model
 from ..seeds import derived_seed
 from ..task import Task
@@ -169,23 +170,28 @@ class Node:
         data = self.data
         ctx = FitContext(ins.round, ins.params, ins.aux, instructions, self.state,
                          seed=derived_seed(self.seed, ins.round, self.node_id, "up"),
-                         num_train=data.num_train, model=flat)
+                         num_train=data.num_train, model=flat, node_seed=self.seed,
+                         node_id=self.node_id)
         ctx.train = partial(self._phase, bench, data, ins.round)
+        ctx.evaluate_rows = partial(self._loss_on, bench, data)
         for hook in hooks:
             hook.before_fit(ctx)
+        plan = ctx.plan or plan
+        x, y = (data.x_train, data.y_train) if ctx.rows is None else (
+            data.x_train[ctx.rows], data.y_train[ctx.rows])
         if bench.task.train_fn is not None:
             if ctx.dp is not None or ctx.loop is not None or ctx.trainable is not None:
                 raise MessageError("privacy.sample_dp and personalization methods with their "
                                    "own local loop need fedtune's loop; this task has a "
                                    "custom train_fn")
-            steps = bench.task.train_fn(flat.module, data.x_train, data.y_train, plan,
+            steps = bench.task.train_fn(flat.module, x, y, plan,
                                         self._generator(ins.round, "fit"))
             flat.reseat_grads()  # user code may have set .grad to None
-            examples, loss = data.num_train, float("nan")
+            examples, loss = int(x.shape[0]), float("nan")
             ctx.optimizer_state = {}
         else:
             stats, ctx.optimizer_state = (ctx.loop or train_locally)(
-                flat, data.x_train, data.y_train, bench.task.loss_fn, plan,
+                flat, x, y, bench.task.loss_fn, plan,
                 self._generator(ins.round, "fit"),
                 prox_center=ins.params if plan.prox_mu else None, correction=ctx.correction,
                 optimizer_state=ctx.optimizer_state, dp=ctx.dp, trainable=ctx.trainable)
@@ -202,6 +208,13 @@ class Node:
         stats, _ = train_locally(bench.flat, data.x_train, data.y_train, bench.task.loss_fn,
                                  plan, self._generator(round_, purpose), **options)
         return stats
+
+    @staticmethod
+    def _loss_on(bench: Workbench, data: NodeData, rows: torch.Tensor) -> dict[str, float]:
+        """The model's loss and metrics on some of the node's training rows (a validation
+        part)."""
+        return evaluate_model(bench.flat.module, data.x_train[rows], data.y_train[rows],
+                              bench.task.loss_fn, bench.task.metrics_fn)
 
     def _roll_back(self, round_: int, mutable: list[str]) -> None:
         """Before a round: restore ``mutable`` keys when the round repeats, else remember
@@ -226,8 +239,9 @@ class Node:
         instructions = EvalInstructions.from_config(ins.config)
         own = load_own_model(flat, instructions.personal, self.state)  # or its kept part
         if instructions.personalize_steps > 0:
+            scope = head_slice(flat) if instructions.personalize_scope == "head" else None
             train_locally(flat, d.x_train, d.y_train, task.loss_fn, instructions.plan,
-                          self._generator(ins.round, "personalize"))
+                          self._generator(ins.round, "personalize"), trainable=scope)
         if own or instructions.personalize_steps > 0:
             tuned = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
             metrics.update({f"{k}_personalized": v for k, v in tuned.items()})

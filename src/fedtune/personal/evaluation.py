@@ -49,11 +49,17 @@ def eval_config(coord: Coordinator, steps: int | None = None) -> dict[str, Scala
     cfg = coord.cfg
     p, ev = cfg.personalization, cfg.evaluation
     own = p.method in OWN_MODEL
+    asked = steps
     if steps is None:
-        steps = 0 if own else ev.personalize_steps
+        steps = 0 if own and not p.finetune_own else ev.personalize_steps
     lr = ev.personalize_lr or (p.alpha if p.method == "perfedavg" else cfg.local.lr)
     config: dict[str, Scalar] = {"personalize_steps": steps, "lr": lr,
                                  "batch_size": cfg.local.batch_size}
+    tuner = next((part for part in coord.round_parts if part.name == "fedex"), None)
+    if tuner is not None:  # FedEx: the tuned configuration, for every site
+        best = tuner.best(coord.state.parts["fedex"])  # type: ignore[attr-defined]
+        config.update(personalize_steps=best["steps"] if asked is None else steps,
+                      lr=best["lr"], personalize_scope=best["scope"])
     if own:
         config["personal"] = p.method
     return config

@@ -14,6 +14,7 @@ actor, in the site's state file over gRPC (so it survives a site restart).
 * :class:`Ditto`: a personal model trained after the global one with the pull
   ``lam/2 ||v - w||^2`` toward the round's global model.
 * :class:`PerFedAvg`: the MAML-style local loop (first-order or Hessian-free).
+* :class:`FrozenHead`: FedBABU's body-only federated training.
 
 References:
     Arivazhagan et al. 2019 (FedPer); Collins et al. 2021, "Exploiting Shared
@@ -21,7 +22,8 @@ References:
     Li et al. 2021 (FedBN); Li et al. 2021, "Ditto: Fair and Robust Federated Learning
     Through Personalization" (Algorithm 1); Fallah et al. 2020, "Personalized Federated
     Learning with Theoretical Guarantees: A Model-Agnostic Meta-Learning Approach"
-    (Per-FedAvg, first-order and Hessian-free updates, eqs. 8-9).
+    (Per-FedAvg, first-order and Hessian-free updates, eqs. 8-9); Oh, Kim & Yun 2022,
+    "FedBABU: Toward Enhanced Representation for Federated Image Classification" (ICLR).
 """
 
 from __future__ import annotations
@@ -112,6 +114,22 @@ class FedRepHead:
         return None
 
 
+class FrozenHead:
+    """FedBABU: the shared head stays at its initial values during federated training (only
+    the body learns, so every site's features are trained toward one fixed classifier); the
+    whole model is fine-tuned to evaluate."""
+
+    mutable: tuple[str, ...] = ()
+
+    def before_fit(self, ctx: FitContext) -> None:
+        from .fedex import head_slice
+
+        ctx.trainable = slice(0, head_slice(ctx.model).start)
+
+    def after_fit(self, ctx: FitContext) -> None:
+        return None
+
+
 class Ditto:
     """Ditto: after the global model's local training (whose update travels, as FedAvg's),
     the personal model v continues from where the site left it (the global model the first
@@ -166,6 +184,12 @@ def node_hooks(instructions: Any, aux: dict[str, torch.Tensor],
         hooks.append(FedRepHead())
     if method == "perfedavg":
         hooks.append(PerFedAvg())
+    if method == "fedbabu":
+        hooks.append(FrozenHead())
     if method == "ditto":
         hooks.append(Ditto())
+    if instructions.fedex_grid:
+        from .fedex import FedExChoice
+
+        hooks.append(FedExChoice())
     return hooks

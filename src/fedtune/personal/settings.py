@@ -14,6 +14,10 @@ Methods (each is parts: a layout of what travels, a node hook, a local loop; see
 ``perfedavg``  MAML-style local loop (``variant = "fo"`` or ``"hf"``), fine-tuned to evaluate
 ``reptile``    Reptile meta-initialization: FedAvg with server step size ``meta_lr``,
                fine-tuned to evaluate
+``fedbabu``    the head frozen at its shared initial values while the body trains, then
+               the whole model fine-tuned at each site to evaluate
+``fedex``      FedAvg + fine-tuning whose local rate, steps and scope the federation tunes
+               while it trains (FedEx, :mod:`fedtune.personal.fedex`)
 =============  ==========================================================================
 """
 
@@ -26,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-METHODS = ("none", "finetune", "fedper", "fedrep", "fedbn", "ditto", "perfedavg", "reptile")
+METHODS = ("none", "finetune", "fedper", "fedrep", "fedbn", "ditto", "perfedavg", "reptile",
+           "fedbabu", "fedex")
 DEFAULT_LOCAL = {"fedper": ["head"], "fedrep": ["head"], "fedbn": ["norm"]}
 NEEDS_LOCAL = ("fedper", "fedrep", "fedbn")
 
@@ -35,7 +40,7 @@ class PersonalizationSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["none", "finetune", "fedper", "fedrep", "fedbn", "ditto", "perfedavg",
-                    "reptile"] = "none"
+                    "reptile", "fedbabu", "fedex"] = "none"
     local: list[str] = Field(default_factory=list)  # glob patterns, "head" or "norm"
     buffers: Literal["travel", "local"] = "travel"  # BatchNorm statistics: averaged or kept
     lam: float = Field(0.1, ge=0)  # Ditto's pull toward the global model
@@ -43,9 +48,16 @@ class PersonalizationSection(BaseModel):
     variant: Literal["fo", "hf"] = "fo"  # Per-FedAvg: first-order or Hessian-free
     alpha: float = Field(0.01, gt=0)  # Per-FedAvg's inner step size
     meta_lr: float = Field(0.5, gt=0)  # Reptile's server step size
+    finetune_own: bool = False  # also fine-tune trained personal models to evaluate
     eval_every: int = Field(0, ge=0)  # personal evaluation every N rounds (0: at the end)
     holdout_sites: int = Field(0, ge=0)  # sites that never train; evaluated after adapting
     adapt_steps: list[int] = Field(default_factory=lambda: [0, 1, 2, 5])
+    # FedEx's configuration space (the grid of these lists) and its validation part
+    tune_lr: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1])
+    tune_steps: list[int] = Field(default_factory=lambda: [5, 20, 50])
+    tune_scope: list[Literal["all", "head"]] = ["all", "head"]
+    tune_val_fraction: float = Field(0.2, gt=0, lt=1)
+    tune_metric: Literal["error", "loss"] = "error"
 
 
 def personalization_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +75,8 @@ def check_personalization(cfg: RunConfig) -> None:
     if p.method in NEEDS_LOCAL and not p.local:
         raise ValueError(f"personalization.method = \"{p.method}\" keeps parameters at each "
                          "site: set personalization.local (e.g. [\"head\"] or [\"norm\"])")
-    if p.local and p.method in ("none", "finetune", "perfedavg", "reptile", "ditto"):
+    if p.local and p.method in ("none", "finetune", "perfedavg", "reptile", "ditto", "fedex",
+                                 "fedbabu"):
         raise ValueError(f"personalization.local is set but personalization.method = "
                          f"\"{p.method}\" shares the whole model; use method = \"fedper\", "
                          "\"fedrep\" or \"fedbn\", or drop personalization.local")
@@ -77,6 +90,10 @@ def check_personalization(cfg: RunConfig) -> None:
     if p.method in ("fedrep", "ditto", "perfedavg") and cfg.local.optimizer != "sgd":
         raise ValueError(f"personalization.method = \"{p.method}\" runs its own SGD loop; "
                          "set local.optimizer = \"sgd\"")
+    if p.method == "fedex" and (not p.tune_lr or not p.tune_steps or not p.tune_scope
+                                or min(p.tune_lr) <= 0 or min(p.tune_steps) < 1):
+        raise ValueError("personalization.method = \"fedex\" needs non-empty tune_lr (> 0), "
+                         "tune_steps (>= 1) and tune_scope lists")
     if p.method != "none" and cfg.strategy.name == "diloco":
         raise ValueError("personalization with strategy.name = \"diloco\" is not supported "
                          "(its inner AdamW state is kept per site); use fedavg or fedprox")

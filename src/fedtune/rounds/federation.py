@@ -83,6 +83,8 @@ def run_federation(coord: Coordinator) -> RunResult:
     if cfg.personalization.method != "none":
         result.extra["personal"].update(personal_summary(evals), rounds=coord.personal_rounds,
                                         new_sites=adaptation(coord))
+        if "fedex" in result.extra:
+            result.extra["personal"]["tuned"] = result.extra.pop("fedex")
     if coord.stopped:
         result.extra["stopped"] = coord.stopped
     if cfg.strategy.selection == "carbon" and hist:
