@@ -8,8 +8,8 @@ from theta (seeded by the run, the site and the round, so every runtime draws th
 fine-tunes the shared model with it on its training data minus a fixed validation part
 (``tune_val_fraction``), and reports the chosen index and its validation error (or loss:
 ``tune_metric``) after fine-tuning; its update travels as FedAvg's, so all configurations
-share one model (weight sharing). The coordinator then takes an exponentiated-gradient step (Khodak et al. 2021,
-Algorithm 1):
+share one model (weight sharing). The coordinator then takes an exponentiated-gradient
+step (Khodak et al. 2021, Algorithm 1):
 
     g_j = sum_i |V_i| (L_i - lambda) 1[c_i = j] / (theta_j sum_i |V_i|)
     theta <- theta * exp(-eta_t g) / Z,   eta_t = sqrt(2 log k) / (||g||_inf sqrt(t))
