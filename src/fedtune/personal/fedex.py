@@ -227,4 +227,6 @@ class FedExTuner:
             site_best[node_id] = self.configs[choice]
         return {"configs": len(self.configs), "best": self.best(state),
                 "theta_max": float(state.theta.max()), "rounds": state.rounds,
+                "local_steps": sum(self.configs[c]["steps"] for v in self.choices.values()
+                                   for c in v),
                 "site_choices": self.choices, "site_best": site_best}
