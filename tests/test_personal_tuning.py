@@ -126,3 +126,9 @@ def test_site_shift_gives_each_site_its_own_inputs_and_leaves_the_test_set():
 def test_fedex_without_a_grid_is_refused():
     with pytest.raises(ConfigError, match="tune_lr"):
         small_config('personalization.method="fedex"', "personalization.tune_lr=[]")
+
+
+def test_a_grid_too_large_for_one_instruction_is_refused():
+    with pytest.raises(ConfigError, match="at most 512"):
+        small_config('personalization.method="fedex"',
+                     "personalization.tune_lr=" + str([0.001 * i for i in range(1, 20)]))

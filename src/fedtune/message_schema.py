@@ -82,10 +82,11 @@ FIELDS: dict[str, type[MessageFields]] = {"FitIns": FitInsFields, "FitRes": FitR
 _PACKED = "aux.packed."
 TENSORS: dict[str, dict[str, tuple[torch.dtype | None, int | None]]] = {
     "FitIns": {"params": (torch.float32, 1), "aux.scaffold_c": (torch.float32, 1),
-               "aux.buffers": (torch.float32, 1)},
+               "aux.buffers": (torch.float32, 1), "aux.fedex_theta": (torch.float32, 1)},
     "FitRes": {"update": (torch.float32, 1), "meter": (torch.float64, 1),
                "aux.scaffold_dc": (torch.float32, 1), "aux.dp_clip_bit": (torch.float32, 1),
-               "aux.buffers": (torch.float32, 1),
+               "aux.buffers": (torch.float32, 1), "aux.fedex_choice": (torch.float32, 1),
+               "aux.fedex_loss": (torch.float32, 1), "aux.fedex_val": (torch.float32, 1),
                "aux.dp_sample_epsilon": (torch.float64, 1),
                "aux.secagg.c_pk": (torch.uint8, 1), "aux.secagg.s_pk": (torch.uint8, 1)},
     "EvalIns": {"params": (torch.float32, 1), "aux.buffers": (torch.float32, 1)},

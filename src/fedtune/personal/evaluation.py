@@ -21,6 +21,7 @@ from ..algorithms.fairness import fairness_summary
 from ..algorithms.selection import FixedSize
 from ..seeds import derived_seed
 from ..types import EvalIns, EvalRes, Scalar
+from .node_parts import BUFFERS
 
 if TYPE_CHECKING:
     from ..coordinator import Coordinator
@@ -66,7 +67,10 @@ def eval_config(coord: Coordinator, steps: int | None = None) -> dict[str, Scala
 
 
 def eval_instruction(coord: Coordinator, round_: int, steps: int | None = None) -> EvalIns:
-    return EvalIns(round_, coord.state.params, eval_config(coord, steps), coord.parts_aux())
+    """The evaluate message: the global model and its travelling buffers (nothing else of
+    what fit instructions carry)."""
+    aux = {k: v for k, v in coord.parts_aux().items() if k == BUFFERS}
+    return EvalIns(round_, coord.state.params, eval_config(coord, steps), aux)
 
 
 def personal_summary(evals: dict[str, EvalRes]) -> dict[str, Any]:
@@ -109,8 +113,8 @@ def adaptation(coord: Coordinator) -> dict[str, Any]:
         return {}
     curve: dict[str, float] = {}
     for steps in coord.cfg.personalization.adapt_steps:
-        config = eval_config(coord, steps)
-        ins = EvalIns(coord.cfg.run.rounds, coord.state.params, config, coord.parts_aux())
+        ins = eval_instruction(coord, coord.cfg.run.rounds, steps)
+        config = ins.config
         values = [r.result.metrics.get("accuracy_personalized" if steps or "personal" in
                                        config else "accuracy", math.nan)
                   for r in coord.runtime.evaluate(sites, ins) if isinstance(r.result, EvalRes)]

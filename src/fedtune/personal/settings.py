@@ -94,6 +94,15 @@ def check_personalization(cfg: RunConfig) -> None:
                                 or min(p.tune_lr) <= 0 or min(p.tune_steps) < 1):
         raise ValueError("personalization.method = \"fedex\" needs non-empty tune_lr (> 0), "
                          "tune_steps (>= 1) and tune_scope lists")
+    if p.method == "fedex":
+        from .fedex import grid, grid_text
+
+        text = grid_text(grid(p.tune_lr, p.tune_steps, p.tune_scope))
+        if len(text) > 512:
+            raise ValueError(f"personalization: FedEx's grid of {len(p.tune_lr)} x "
+                             f"{len(p.tune_steps)} x {len(p.tune_scope)} configurations is "
+                             f"{len(text)} characters; an instruction carries at most 512: "
+                             "use fewer values")
     if p.method != "none" and cfg.strategy.name == "diloco":
         raise ValueError("personalization with strategy.name = \"diloco\" is not supported "
                          "(its inner AdamW state is kept per site); use fedavg or fedprox")
