@@ -69,7 +69,8 @@ METHODS: dict[str, list[str]] = {
     "ditto": ['personalization.method="ditto"', "personalization.lam=1.0"],
     "perfedavg": ['personalization.method="perfedavg"', "personalization.alpha=0.03"],
 }
-TUNE = {"tune_lr": [0.01, 0.03, 0.1], "tune_steps": [5, 20, 50], "tune_scope": ["all", "head"]}
+TUNE: dict[str, Any] = {"tune_lr": [0.01, 0.03, 0.1], "tune_steps": [5, 20, 50],
+                        "tune_scope": ["all", "head"]}
 
 
 def _tune(lrs: list[float], steps: list[int], scopes: list[str]) -> list[str]:
@@ -120,7 +121,7 @@ def bench_task(task: str, emit: Any) -> None:
             emit(rows["fedavg"])
         rows[method] = _row(task, method, result, wall)
         emit(rows[method])
-    meta, wall = _run(task, _tune(**TUNE))
+    meta, wall = _run(task, _tune(TUNE["tune_lr"], TUNE["tune_steps"], TUNE["tune_scope"]))
     rows["meta"] = {**_row(task, "meta", meta, wall),
                     "tuned": meta.extra["personal"]["tuned"]["best"]}
     meta_steps = _steps_of(meta)

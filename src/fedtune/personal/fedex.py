@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,7 +42,8 @@ THETA, CHOICE, LOSS, VAL = "fedex_theta", "fedex_choice", "fedex_loss", "fedex_v
 DISCOUNT = 0.9
 
 
-def grid(lrs: list[float], steps: list[int], scopes: list[str]) -> list[dict[str, Any]]:
+def grid(lrs: Sequence[float], steps: Sequence[int], scopes: Sequence[str],
+         ) -> list[dict[str, Any]]:
     """Every configuration, in a fixed order (lr slowest, scope fastest)."""
     return [{"lr": lr, "steps": k, "scope": s}
             for lr, k, s in itertools.product(lrs, steps, scopes)]
