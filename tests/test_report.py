@@ -119,3 +119,17 @@ def test_damaged_and_unknown_runs_get_a_clear_error(tmp_path) -> None:
     assert not (tmp_path / "x.html").exists()
     missing = report(tmp_path / "nowhere", tmp_path / "x.html", "last")
     assert missing.returncode == 2 and "no run store" in missing.stderr
+
+
+def test_a_personalized_run_draws_its_panels(tmp_path) -> None:
+    ws = tmp_path / "ws"
+    run(small_config("run.rounds=4", 'personalization.method="fedper"',
+                     "personalization.eval_every=2", "personalization.holdout_sites=1",
+                     "energy.enabled=false", f'run.workspace="{ws}"'))
+    out = tmp_path / "personal.html"
+    done = report(ws, out, "last")
+    assert done.returncode == 0, done.stderr
+    drawn = load_in_browser(out, tmp_path / "personal.png")
+    assert {"personal_sites", "personal_rounds", "new_sites"} <= set(drawn)
+    assert all(n > 0 for n in drawn.values()), drawn
+    assert "personal models (fedper)" in out.read_text()

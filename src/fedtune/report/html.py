@@ -12,6 +12,8 @@ from typing import Any
 
 from ..errors import StoreError
 from .figures import FIGURES, MISSING, Run
+from .personal_figures import FIGURES as PERSONAL_FIGURES
+from .personal_figures import MISSING as PERSONAL_MISSING
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1em;
@@ -62,6 +64,13 @@ def _summary(run: Run) -> str:
         if f.get("mean") is not None:
             rows.append((what, f"mean {_fmt(f['mean'])}, worst {_fmt(f['worst'])}, "
                                f"Jain {_fmt(f.get('jain_index'))}"))
+    personal = extra.get("personal") or {}
+    if personal.get("mean_acc") is not None:
+        tuned = (personal.get("tuned") or {}).get("best")
+        rows.append((f"personal models ({personal['method']})",
+                     f"mean {_fmt(personal['mean_acc'])}, worst {_fmt(personal['worst_acc'])}, "
+                     f"bottom 10 % {_fmt(personal['bottom10_acc'])}"
+                     + (f"; tuned: {tuned}" if tuned else "")))
     if "total_bytes_up" in result:
         rows.append(("bytes", f"up {result['total_bytes_up'] / 1e6:,.2f} MB, down "
                               f"{result['total_bytes_down'] / 1e6:,.2f} MB"))
@@ -110,10 +119,11 @@ def render(runs: list[Run]) -> str:
 
     runs = [checked_run(r) for r in runs]
     parts, left_out = [], []
-    for name, make in FIGURES.items():
+    missing = {**MISSING, **PERSONAL_MISSING}
+    for name, make in {**FIGURES, **PERSONAL_FIGURES}.items():
         fig = make(runs)
         if fig is None:
-            left_out.append(f"{name}: {MISSING.get(name, 'no data')}")
+            left_out.append(f"{name}: {missing.get(name, 'no data')}")
             continue
         parts.append(f'<div class="plot" id="plot-{name}" data-figure="{name}"></div>'
                      f'<script>Plotly.newPlot("plot-{name}", {_safe(fig.to_json())}, '
