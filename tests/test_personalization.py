@@ -212,3 +212,21 @@ def test_patterns_and_built_in_sets():
     assert local_names(model, ["head"]) == {"2.weight", "2.bias"}
     assert local_names(model, ["norm"]) == {"1.weight", "1.bias"}
     assert local_names(model, ["0.*"]) == {"0.weight", "0.bias"}
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_apfl_with_a_fixed_mix_reduces_to_sgd_for_its_models(alpha):
+    """alpha = 0: the personal model never moves; alpha = 1: it trains exactly as local SGD
+    does, and the shared model's update is plain SGD's either way."""
+    cfg, bench, nodes = _world("local.momentum=0.0", "local.steps=6")
+    start = bench.flat.shared.clone()
+    plain = nodes[0].fit(FitIns(1, start, cfg.local.model_dump()), bench)
+    node = Node(nodes[0].data, seed=0, meter=EnergyMeter(use_rapl=False), co2_per_joule=0.0,
+                device=CPU)
+    res = node.fit(FitIns(1, start, {**cfg.local.model_dump(), "personal": "apfl",
+                                     "apfl_alpha": alpha, "apfl_alpha_lr": 0.0}), bench)
+    torch.testing.assert_close(res.update, plain.update, atol=1e-6, rtol=0)
+    v = node.state["apfl"]["v"]
+    expected = start if alpha == 0.0 else start + plain.update
+    torch.testing.assert_close(v, expected, atol=1e-6, rtol=0)
+    assert node.state["apfl"]["alpha"] == alpha

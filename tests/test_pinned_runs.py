@@ -74,6 +74,7 @@ CASES["all-fedrep-bn"] = ['personalization.method="fedrep"', "personalization.he
 CASES["fedbn"] = ['personalization.method="fedbn"', *BATCHNORM]
 CASES["ditto"] = ['personalization.method="ditto"', "personalization.lam=1.0",
                   "local.optimizer=\"sgd\""]
+CASES["apfl"] = ['personalization.method="apfl"', "personalization.alpha_lr=0.05"]
 CASES["fedex"] = ['personalization.method="fedex"', "personalization.tune_lr=[0.01, 0.1]",
                   "personalization.tune_steps=[3, 10]", "personalization.eval_every=2"]
 CASES["perfedavg-hf"] = ['personalization.method="perfedavg"', 'personalization.variant="hf"',
@@ -143,7 +144,7 @@ def ray_instance():
 
 @pytest.mark.parametrize("name", ["fedyogi", "fednova-steps", "all-dp-distributed-adaptive",
                                   "all-sample-dp", "all-secagg-dropout", "fedbn", "ditto",
-                                  "perfedavg-hf", "fedex"])
+                                  "perfedavg-hf", "fedex", "apfl"])
 def test_ray_run_matches_the_same_pin(name, tmp_path, ray_instance):
     digest = run_case(name, tmp_path / "ws", 'runtime.kind="ray"', "runtime.ray_actors=2",
                       "runtime.ray_cpus_per_actor=0.5")

@@ -46,6 +46,8 @@ class NodeInstructions:
     ditto_lam: float = 0.0
     pfa_alpha: float = 0.01
     pfa_variant: str = "fo"
+    apfl_alpha: float = 0.5
+    apfl_alpha_lr: float = 0.01
     fedex_grid: str = ""  # FedEx's configurations, lr:steps:scope;... ("" = off)
     fedex_val_fraction: float = 0.2
     fedex_metric: str = "error"  # or "loss"

@@ -26,7 +26,7 @@ from .node_parts import BUFFERS
 if TYPE_CHECKING:
     from ..coordinator import Coordinator
 
-OWN_MODEL = ("fedper", "fedrep", "fedbn", "ditto")  # trained personal models: no fine-tuning
+OWN_MODEL = ("fedper", "fedrep", "fedbn", "ditto", "apfl")  # trained personal models: no fine-tuning
 
 
 def held_out(coord: Coordinator) -> frozenset[str]:

@@ -15,6 +15,7 @@ actor, in the site's state file over gRPC (so it survives a site restart).
   ``lam/2 ||v - w||^2`` toward the round's global model.
 * :class:`PerFedAvg`: the MAML-style local loop (first-order or Hessian-free).
 * :class:`FrozenHead`: FedBABU's body-only federated training.
+* :class:`fedtune.personal.apfl.APFL`: the adaptive mixture of a personal and the shared model.
 
 References:
     Arivazhagan et al. 2019 (FedPer); Collins et al. 2021, "Exploiting Shared
@@ -72,6 +73,11 @@ def load_own_model(flat: FlatModel, method: str, state: dict[str, Any]) -> bool:
         saved = state.get("ditto")
         if saved is not None:  # a site that never trained has the global model
             flat.vector.copy_(saved.to(flat.device))
+        return True
+    if method == "apfl":
+        from .apfl import load_apfl
+
+        load_apfl(flat, state)
         return True
     return False
 
@@ -186,6 +192,10 @@ def node_hooks(instructions: Any, aux: dict[str, torch.Tensor],
         hooks.append(PerFedAvg())
     if method == "fedbabu":
         hooks.append(FrozenHead())
+    if method == "apfl":
+        from .apfl import APFL
+
+        hooks.append(APFL())
     if method == "ditto":
         hooks.append(Ditto())
     if instructions.fedex_grid:

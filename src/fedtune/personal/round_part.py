@@ -25,9 +25,6 @@ from ..errors import ConfigError
 from .node_parts import BUFFERS
 from .settings import PersonalizationSection
 
-FINETUNED = ("none", "finetune", "perfedavg", "reptile")  # personal model = global + steps
-
-
 class Personalization:
     name = "personal"
 
@@ -55,6 +52,8 @@ class Personalization:
             out["ditto_lam"] = s.lam
         elif s.method == "perfedavg":
             out.update(pfa_alpha=s.alpha, pfa_variant=s.variant)
+        elif s.method == "apfl":
+            out.update(apfl_alpha=s.alpha_mix, apfl_alpha_lr=s.alpha_lr)
         return out
 
     def instruction_aux(self, state: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ Methods (each is parts: a layout of what travels, a node hook, a local loop; see
 ``perfedavg``  MAML-style local loop (``variant = "fo"`` or ``"hf"``), fine-tuned to evaluate
 ``reptile``    Reptile meta-initialization: FedAvg with server step size ``meta_lr``,
                fine-tuned to evaluate
+``apfl``       a personal model mixed with the shared one, the mix learned per site
 ``fedbabu``    the head frozen at its shared initial values while the body trains, then
                the whole model fine-tuned at each site to evaluate
 ``fedex``      FedAvg + fine-tuning whose local rate, steps and scope the federation tunes
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 METHODS = ("none", "finetune", "fedper", "fedrep", "fedbn", "ditto", "perfedavg", "reptile",
-           "fedbabu", "fedex")
+           "fedbabu", "apfl", "fedex")
 DEFAULT_LOCAL = {"fedper": ["head"], "fedrep": ["head"], "fedbn": ["norm"]}
 NEEDS_LOCAL = ("fedper", "fedrep", "fedbn")
 
@@ -40,7 +41,7 @@ class PersonalizationSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["none", "finetune", "fedper", "fedrep", "fedbn", "ditto", "perfedavg",
-                    "reptile", "fedbabu", "fedex"] = "none"
+                    "reptile", "fedbabu", "apfl", "fedex"] = "none"
     local: list[str] = Field(default_factory=list)  # glob patterns, "head" or "norm"
     buffers: Literal["travel", "local"] = "travel"  # BatchNorm statistics: averaged or kept
     lam: float = Field(0.1, ge=0)  # Ditto's pull toward the global model
@@ -48,6 +49,8 @@ class PersonalizationSection(BaseModel):
     variant: Literal["fo", "hf"] = "fo"  # Per-FedAvg: first-order or Hessian-free
     alpha: float = Field(0.01, gt=0)  # Per-FedAvg's inner step size
     meta_lr: float = Field(0.5, gt=0)  # Reptile's server step size
+    alpha_mix: float = Field(0.5, ge=0, le=1)  # APFL's initial mixing weight
+    alpha_lr: float = Field(0.01, ge=0)  # APFL's step size for the mixing weight
     finetune_own: bool = False  # also fine-tune trained personal models to evaluate
     eval_every: int = Field(0, ge=0)  # personal evaluation every N rounds (0: at the end)
     holdout_sites: int = Field(0, ge=0)  # sites that never train; evaluated after adapting
@@ -76,7 +79,7 @@ def check_personalization(cfg: RunConfig) -> None:
         raise ValueError(f"personalization.method = \"{p.method}\" keeps parameters at each "
                          "site: set personalization.local (e.g. [\"head\"] or [\"norm\"])")
     if p.local and p.method in ("none", "finetune", "perfedavg", "reptile", "ditto", "fedex",
-                                 "fedbabu"):
+                                 "fedbabu", "apfl"):
         raise ValueError(f"personalization.local is set but personalization.method = "
                          f"\"{p.method}\" shares the whole model; use method = \"fedper\", "
                          "\"fedrep\" or \"fedbn\", or drop personalization.local")
@@ -87,7 +90,7 @@ def check_personalization(cfg: RunConfig) -> None:
     if p.holdout_sites and p.holdout_sites >= cfg.data.num_nodes and not cfg.data.files:
         raise ValueError(f"personalization.holdout_sites = {p.holdout_sites} leaves no site "
                          f"to train (data.num_nodes = {cfg.data.num_nodes})")
-    if p.method in ("fedrep", "ditto", "perfedavg") and cfg.local.optimizer != "sgd":
+    if p.method in ("fedrep", "ditto", "perfedavg", "apfl") and cfg.local.optimizer != "sgd":
         raise ValueError(f"personalization.method = \"{p.method}\" runs its own SGD loop; "
                          "set local.optimizer = \"sgd\"")
     if p.method == "fedex" and (not p.tune_lr or not p.tune_steps or not p.tune_scope
