@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from .node_parts import BUFFERS
 from .settings import PersonalizationSection
 
+
 class Personalization:
     name = "personal"
 
