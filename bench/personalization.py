@@ -68,7 +68,11 @@ METHODS: dict[str, list[str]] = {
     "fedbn": ['personalization.method="fedbn"', 'model.norm="batch"'],
     "ditto": ['personalization.method="ditto"', "personalization.lam=1.0"],
     "perfedavg": ['personalization.method="perfedavg"', "personalization.alpha=0.03"],
+    "apfl": ['personalization.method="apfl"'],
 }
+# trained personal models, fine-tuned too before they are evaluated (finetune_own)
+for _name in ("fedper", "fedbn", "ditto", "apfl"):
+    METHODS[f"{_name}+ft"] = [*METHODS[_name], "personalization.finetune_own=true"]
 TUNE: dict[str, Any] = {"tune_lr": [0.01, 0.03, 0.1], "tune_steps": [5, 20, 50],
                         "tune_scope": ["all", "head"]}
 
