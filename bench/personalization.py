@@ -32,6 +32,7 @@ Keys: rows ``task``, ``method``, ``mean_acc``, ``bottom10_acc``, ``worst_acc``, 
 ``best_minus_finetune_bottom10_pts``, ``meta_minus_grid_pts``, ``meta_compute_fraction``,
 ``new_site_gap_pts``.
 Usage: python bench/personalization.py [--tasks mnist1d,digits-shift] [--minilm]
+       (``--tasks "" --minilm``: the MiniLM preset alone)
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ TASKS: dict[str, list[str]] = {
                      'model.norm="batch"'],
 }
 COMMON = ["data.num_nodes=20", f"run.rounds={ROUNDS}", "energy.enabled=false",
-          "evaluation.personalize_steps=20"]
+          "evaluation.personalize_steps=20"]  # (the MiniLM preset overrides what it sets)
 METHODS: dict[str, list[str]] = {
     "finetune": ['personalization.method="finetune"'],
     "fedper": ['personalization.method="fedper"'],
@@ -169,18 +170,46 @@ def bench_task(task: str, emit: Any) -> None:
           "new_site_gap_pts": min(gaps.values()), "new_site_gap_by_method": gaps})
 
 
+MINILM = ['data.dataset="rotten_tomatoes"', 'data.partition="natural"', "data.num_nodes=8",
+          "data.options={max_samples=2500, max_length=32}", 'model.kind="minilm-lora"',
+          'local.optimizer="adamw"', "local.lr=0.003", "run.rounds=5", "energy.enabled=false",
+          "evaluation.personalize_steps=20", "evaluation.personalize_lr=0.05"]
+
+
+def bench_minilm(emit: Any) -> None:
+    """The small LoRA preset: personal heads on a shared adapter; reported, no goals."""
+    task = "minilm"
+    TASKS[task] = MINILM
+    rows = {"local": _local_row(task)}
+    emit(rows["local"])
+    for method, extra in (("finetune", METHODS["finetune"]), ("fedper", METHODS["fedper"]),
+                          ("fedper+ft", METHODS["fedper+ft"])):
+        result, wall = _run(task, extra)
+        if method == "finetune":
+            emit(_row(task, "fedavg", result, wall, shared=True))
+        rows[method] = _row(task, method, result, wall)
+        emit(rows[method])
+    best = max((r for k, r in rows.items() if k != "local"), key=lambda r: r["mean_acc"])
+    emit({"task": task, "summary": True, "best_method": best["method"],
+          "best_minus_local_pts": 100 * (best["mean_acc"] - rows["local"]["mean_acc"]),
+          "best_minus_finetune_pts": 100 * (best["mean_acc"] - rows["finetune"]["mean_acc"])})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="mnist1d,digits-shift")
+    parser.add_argument("--minilm", action="store_true", help="also the MiniLM LoRA preset")
     args = parser.parse_args()
 
     def emit(row: dict[str, Any]) -> None:
         print(json.dumps(row), flush=True)
 
-    for task in args.tasks.split(","):
+    for task in [t for t in args.tasks.split(",") if t]:
         if task not in TASKS:
             sys.exit(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
         bench_task(task, emit)
+    if args.minilm:
+        bench_minilm(emit)
 
 
 if __name__ == "__main__":
