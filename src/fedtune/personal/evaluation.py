@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..algorithms.fairness import fairness_summary
 from ..algorithms.selection import FixedSize
@@ -23,9 +23,8 @@ from ..seeds import derived_seed
 from ..types import EvalIns, EvalRes, Scalar
 from .node_parts import BUFFERS
 
-if TYPE_CHECKING:
-    from ..coordinator import Coordinator
-
+# ``coord`` is the run's fedtune.coordinator.Coordinator (not imported: it imports this module)
+Coordinator = Any
 OWN_MODEL = ("fedper", "fedrep", "fedbn", "ditto", "apfl")  # trained personal models: no fine-tuning
 
 
@@ -58,7 +57,7 @@ def eval_config(coord: Coordinator, steps: int | None = None) -> dict[str, Scala
                                  "batch_size": cfg.local.batch_size}
     tuner = next((part for part in coord.round_parts if part.name == "fedex"), None)
     if tuner is not None:  # FedEx: the tuned configuration, for every site
-        best = tuner.best(coord.state.parts["fedex"])  # type: ignore[attr-defined]
+        best = tuner.best(coord.state.parts["fedex"])
         config.update(personalize_steps=best["steps"] if asked is None else steps,
                       lr=best["lr"], personalize_scope=best["scope"])
     if own:

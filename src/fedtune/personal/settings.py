@@ -24,12 +24,9 @@ Methods (each is parts: a layout of what travels, a node hook, a local loop; see
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 METHODS = ("none", "finetune", "fedper", "fedrep", "fedbn", "ditto", "perfedavg", "reptile",
            "fedbabu", "apfl", "fedex")
@@ -72,7 +69,8 @@ def personalization_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "personalization": {**section, "local": local}} if local else raw
 
 
-def check_personalization(cfg: RunConfig) -> None:
+def check_personalization(cfg: Any) -> None:
+    # cfg: the RunConfig (not imported: config.py imports this module)
     """Rules across sections: a method with a config it cannot use is refused by name."""
     p = cfg.personalization
     if p.method in NEEDS_LOCAL and not p.local:
@@ -111,7 +109,7 @@ def check_personalization(cfg: RunConfig) -> None:
                          "(its inner AdamW state is kept per site); use fedavg or fedprox")
 
 
-def layout(cfg: RunConfig) -> dict[str, Any]:
+def layout(cfg: Any) -> dict[str, Any]:
     """What :meth:`fedtune.node.node.Workbench.create` needs to lay out the model."""
     return {"local": tuple(cfg.personalization.local), "buffers": cfg.personalization.buffers}
 
