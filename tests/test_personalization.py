@@ -230,3 +230,19 @@ def test_apfl_with_a_fixed_mix_reduces_to_sgd_for_its_models(alpha):
     expected = start if alpha == 0.0 else start + plain.update
     torch.testing.assert_close(v, expected, atol=1e-6, rtol=0)
     assert node.state["apfl"]["alpha"] == alpha
+
+
+def test_travelling_buffers_are_averaged_in_site_order_and_bad_ones_left_out():
+    from fedtune.personal.round_part import Personalization
+    from fedtune.personal.settings import PersonalizationSection
+
+    part = Personalization(PersonalizationSection(), torch.zeros(3))
+    state = part.init()
+    part.receive(None, {"buffers": torch.tensor([3.0, 3.0, 3.0])}, state, "b")
+    part.receive(None, {"buffers": torch.tensor([1.0, 2.0, 3.0])}, state, "a")
+    part.receive(None, {"buffers": torch.tensor([float("nan"), 0.0, 0.0])}, state, "c")
+    part.receive(None, {"buffers": torch.ones(5)}, state, "d")  # the wrong size
+    part.release(torch.zeros(1), state, 1)
+    torch.testing.assert_close(state, torch.tensor([2.0, 2.5, 3.0]))
+    assert part.instruction_aux(state)["buffers"] is state
+    assert Personalization(PersonalizationSection(), torch.zeros(0)).init() is None
