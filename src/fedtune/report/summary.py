@@ -185,5 +185,12 @@ def personal_lines(personal: dict[str, Any]) -> list[tuple[str, str]]:
     tuned = personal.get("tuned")
     if tuned:
         rows.append(("tuned configuration", ", ".join(f"{k}={v}" for k, v in
-                                                      tuned["best"].items())))
+                                                      tuned["best"].items())
+                     + f" (weight {tuned['theta_max']:.2f} of {tuned['configs']} configurations)"))
+        by_config: dict[str, list[str]] = {}
+        for site, config in (tuned.get("site_best") or {}).items():
+            by_config.setdefault("/".join(str(v) for v in config.values()), []).append(site)
+        if by_config:
+            rows.append(("best configuration per site (lr/steps/scope)", "; ".join(
+                f"{k}: {', '.join(v)}" for k, v in sorted(by_config.items()))))
     return rows
