@@ -77,6 +77,7 @@ CASES["ditto"] = ['personalization.method="ditto"', "personalization.lam=1.0",
 CASES["apfl"] = ['personalization.method="apfl"', "personalization.alpha_lr=0.05"]
 CASES["fedex"] = ['personalization.method="fedex"', "personalization.tune_lr=[0.01, 0.1]",
                   "personalization.tune_steps=[3, 10]", "personalization.eval_every=2"]
+CASES["all-fedex"] = [*CASES["fedex"], *ALL_SITES]
 CASES["perfedavg-hf"] = ['personalization.method="perfedavg"', 'personalization.variant="hf"',
                          "personalization.holdout_sites=1"]
 
@@ -163,7 +164,7 @@ def as_toml(overrides: list[str]) -> str:
 
 
 @pytest.mark.parametrize("name", ["all-fedyogi", "all-topk-q8-ef", "all-sample-dp",
-                                  "all-secagg-dropout", "all-fedrep-bn"])
+                                  "all-secagg-dropout", "all-fedrep-bn", "all-fedex"])
 def test_grpc_run_matches_the_same_pin(name, tmp_path):
     from .deployment import Federation
 
