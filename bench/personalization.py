@@ -4,7 +4,8 @@ Tasks (20 sites each):
 
 * ``mnist1d``: MNIST-1D generated locally (20,000 examples), Dirichlet alpha = 0.1 label
   skew, at least 150 examples per site, a quarter of each site's data held out as its test
-  set; MLP 40-256-128-10.
+  set; MLP 40-256-128-10 with BatchNorm after each hidden layer (the same model for every
+  method: FedBN needs it, and without it fine-tuning scored 83.5 % instead of 87.6 %).
 * ``digits-shift``: scikit-learn's digits with a feature shift per site (each site's images
   rotated, re-contrasted, shifted and noised by its own fixed transform:
   ``data.options.site_shift = 1``) plus Dirichlet alpha = 0.3 labels; MLP 64-128-10 with a
@@ -55,7 +56,8 @@ from fedtune.tasks import build_task
 ROUNDS = 30
 TASKS: dict[str, list[str]] = {
     "mnist1d": ['data.dataset="mnist1d"', "data.alpha=0.1", "data.options={num_samples=20000}",
-                "data.min_size=150", "data.node_test_fraction=0.25", "model.hidden=[256, 128]"],
+                "data.min_size=150", "data.node_test_fraction=0.25", "model.hidden=[256, 128]",
+                'model.norm="batch"'],
     "digits-shift": ['data.dataset="digits"', "data.alpha=0.3", "data.options={site_shift=1.0}",
                      "data.min_size=40", "data.node_test_fraction=0.3", "data.test_fraction=0.1",
                      'model.norm="batch"'],
@@ -66,7 +68,7 @@ METHODS: dict[str, list[str]] = {
     "finetune": ['personalization.method="finetune"'],
     "fedper": ['personalization.method="fedper"'],
     "fedrep": ['personalization.method="fedrep"'],
-    "fedbn": ['personalization.method="fedbn"', 'model.norm="batch"'],
+    "fedbn": ['personalization.method="fedbn"'],
     "ditto": ['personalization.method="ditto"', "personalization.lam=1.0"],
     "perfedavg": ['personalization.method="perfedavg"', "personalization.alpha=0.03"],
     "apfl": ['personalization.method="apfl"'],
