@@ -84,6 +84,11 @@ class FlatModel:
         return list(self._params)
 
     @property
+    def sizes(self) -> tuple[int, ...]:
+        """Each trainable parameter's size, in the order of the flat vector (shared, local)."""
+        return self._sizes
+
+    @property
     def device(self) -> torch.device:
         return self.vector.device
 

@@ -77,7 +77,7 @@ def head_slice(flat: Any) -> slice:
     if not at or at != list(range(at[0], at[-1] + 1)):
         raise MessageError("tune_scope = \"head\" needs the head's parameters side by side "
                            "in the vector")
-    offsets = [0, *itertools.accumulate(flat._sizes)]
+    offsets = [0, *itertools.accumulate(flat.sizes)]
     return slice(offsets[at[0]], offsets[at[-1] + 1])
 
 
