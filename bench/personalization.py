@@ -21,9 +21,11 @@ of local rate x steps x scope; ``grid``: the same grid, one full run per configu
 a FedEx run with that one configuration, so it holds out the same validation rows), its best
 picked on the sites' test sets (optimistic for the grid); ``random_search``: configurations
 in a seeded random order, full runs until FedEx's compute is spent (at least one), the best
-picked the same way. Compute is counted as local SGD steps. ``new_site_gap_pts``: trained
-sites' mean personal accuracy minus held-out sites' (4 sites that never trained) after at most
-5 local steps, for the method with the smallest gap.
+picked the same way. Compute is counted as local SGD steps (FedEx's: every configuration a
+site fine-tuned, two per round by default). ``new_site_gap_pts``: trained sites' mean
+personal accuracy minus held-out sites' (4 sites that never trained) after at most 5 local
+steps, for the method with the smallest gap (FedAvg + fine-tuning, Per-FedAvg, FedEx: held-out
+sites adapt with the configuration FedEx tuned).
 
 Goals (tasks 1-2): best - local >= 5 points, best - finetune >= 2 points in mean accuracy,
 best bottom-10 % >= finetune's; meta within 1 point of the grid's best with <= 1/5 of its
@@ -152,8 +154,10 @@ def bench_task(task: str, emit: Any) -> None:
     emit({**pick, "method": "random_search", "configs_tried": len(tried), "local_steps": spent})
     best_grid = max(grid_rows, key=lambda r: r["mean_acc"])
     gaps = {}
-    for method in ("finetune", "perfedavg"):
-        result, _ = _run(task, [*METHODS[method], "personalization.holdout_sites=4"])
+    meta_args = _tune(TUNE["tune_lr"], TUNE["tune_steps"], TUNE["tune_scope"])
+    for method, extra in (("finetune", METHODS["finetune"]),
+                          ("perfedavg", METHODS["perfedavg"]), ("meta", meta_args)):
+        result, _ = _run(task, [*extra, "personalization.holdout_sites=4"])
         curve = result.extra["personal"]["new_sites"]["mean_acc_after_steps"]
         adapted = max(v for k, v in curve.items() if int(k) <= 5)
         gaps[method] = 100 * (result.extra["personal"]["mean_acc"] - adapted)

@@ -11,7 +11,7 @@ import torch
 
 from fedtune.errors import ConfigError, FedtuneError
 from fedtune.experiment import run
-from fedtune.personal.fedex import FedExTuner, exponentiated_step, grid, parse_grid
+from fedtune.personal.fedex import FedExTuner, advantages, exponentiated_step, grid, parse_grid, sampling
 from fedtune.personal.settings import PersonalizationSection
 from fedtune.tasks import build_task
 
@@ -21,13 +21,56 @@ from .conftest import small_config
 def test_exponentiated_step_by_hand():
     theta = torch.full((3,), 1 / 3, dtype=torch.float64)
     # config 0 did better than the baseline 0.5, config 2 worse, config 1 was not tried
-    new = exponentiated_step(theta, [(0, 0.2, 10.0), (2, 0.8, 10.0)], baseline=0.5, t=1)
+    new = exponentiated_step(theta, [(0, 0.2 - 0.5, 10.0), (2, 0.8 - 0.5, 10.0)], t=1)
     g = 10 * 0.3 / (20 / 3)  # |g_0| = |g_2| = 0.45
     eta = math.sqrt(2 * math.log(3)) / g
     weights = torch.tensor([math.exp(eta * g), 1.0, math.exp(-eta * g)], dtype=torch.float64)
     torch.testing.assert_close(new, weights / weights.sum())
     assert new[0] > new[1] > new[2]
-    assert torch.equal(exponentiated_step(theta, [], 0.5, 1), theta)
+    assert torch.equal(exponentiated_step(theta, [], 1), theta)
+
+
+def test_exploration_weighs_by_the_probability_a_configuration_was_sampled_with():
+    theta = torch.tensor([0.9, 0.1], dtype=torch.float64)
+    q = sampling(theta, 0.5)  # half theta, half uniform
+    torch.testing.assert_close(q, torch.tensor([0.7, 0.3], dtype=torch.float64))
+    new = exponentiated_step(theta, [(1, -0.3, 1.0)], t=4, explore=0.5)
+    g1 = -0.3 / 0.3  # advantage / q_1 (one report: its validation share is 1)
+    eta = math.sqrt(2 * math.log(2)) / abs(g1) / 2
+    logits = theta.log() - eta * torch.tensor([0.0, g1], dtype=torch.float64)
+    torch.testing.assert_close(new, torch.softmax(logits, 0))
+
+
+def test_advantages_leave_one_out_or_against_the_global_baseline():
+    assert advantages([3], [0.4], baseline=0.25) == [(3, pytest.approx(0.15))]
+    out = advantages([0, 1, 2], [0.3, 0.6, 0.9], baseline=99.0)
+    assert out == [(0, pytest.approx(0.3 - 0.75)), (1, pytest.approx(0.0)),
+                   (2, pytest.approx(0.9 - 0.45))]
+
+
+def _report(tuner, state, site, choices, losses):
+    tuner.receive(None, {"fedex_choice": torch.tensor([float(c) for c in choices]),
+                         "fedex_loss": torch.tensor(losses),
+                         "fedex_val": torch.tensor([20.0])}, state, site)
+
+
+def test_paired_samples_see_through_the_sites_own_difficulty():
+    # config 1 is 5 points better at every site; the easy site happened to train config 0,
+    # the hard one config 1. One sample per site compares sites, not configurations.
+    def tuned(paired: bool) -> int:
+        tuner = FedExTuner(PersonalizationSection(method="fedex", tune_lr=[0.01, 0.1],
+                                                  tune_steps=[5], tune_scope=["all"]))
+        state = tuner.init()
+        for _ in range(3):
+            easy, hard = ([0, 1], [0.10, 0.05]), ([1, 0], [0.55, 0.60])
+            for site, (choices, losses) in (("easy", easy), ("hard", hard)):
+                k = 2 if paired else 1
+                _report(tuner, state, site, choices[:k], losses[:k])
+            tuner.after_round(state)
+        return int(state.theta.argmax())
+
+    assert tuned(paired=False) == 0
+    assert tuned(paired=True) == 1
 
 
 def test_the_tuner_moves_toward_the_configuration_with_lower_validation_error():
@@ -68,7 +111,30 @@ def test_fedex_finds_the_rate_that_learns_and_fine_tunes_with_it():
     assert tuned["best"]["lr"] == 0.1 and tuned["theta_max"] > 0.8
     assert set(tuned["site_choices"]) == {f"node-{i}" for i in range(4)}
     assert res.extra["personal"]["mean_acc"] > 0.8
-    assert tuned["local_steps"] == 6 * 4 * 10
+    # each site tried two configurations a round (the same one twice costs one fine-tuning)
+    tried = tuned["site_tried"]
+    assert all(len(rounds) == 6 and all(1 <= len(t) <= 2 for t in rounds)
+               for rounds in tried.values())
+    assert tuned["local_steps"] == 10 * sum(len(t) for rounds in tried.values() for t in rounds)
+    assert tuned["local_steps"] > 6 * 4 * 10, "some rounds compared two configurations"
+
+
+def test_fedex_fine_tunes_with_the_optimizer_it_tuned_with():
+    from types import SimpleNamespace
+
+    from fedtune.node.instructions import EvalInstructions
+    from fedtune.personal.evaluation import eval_config
+
+    cfg = small_config('personalization.method="fedex"', "local.momentum=0.8",
+                       "local.weight_decay=0.001")
+    tuner = FedExTuner(cfg.personalization)
+    coord = SimpleNamespace(cfg=cfg, round_parts=[tuner],
+                            state=SimpleNamespace(parts={"fedex": tuner.init()}))
+    plan = EvalInstructions.from_config(eval_config(coord)).plan
+    assert (plan.momentum, plan.weight_decay, plan.optimizer) == (0.8, 0.001, "sgd")
+    plain = SimpleNamespace(cfg=small_config('personalization.method="finetune"'),
+                            round_parts=[])
+    assert EvalInstructions.from_config(eval_config(plain)).plan.momentum == 0.0
 
 
 def test_held_out_sites_never_train_and_are_evaluated_after_adapting():

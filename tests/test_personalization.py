@@ -246,3 +246,20 @@ def test_travelling_buffers_are_averaged_in_site_order_and_bad_ones_left_out():
     torch.testing.assert_close(state, torch.tensor([2.0, 2.5, 3.0]))
     assert part.instruction_aux(state)["buffers"] is state
     assert Personalization(PersonalizationSection(), torch.zeros(0)).init() is None
+
+
+def test_a_last_batch_of_one_joins_the_one_before_so_batchnorm_trains():
+    from fedtune.node.trainer import shuffled_batches
+
+    gen = torch.Generator().manual_seed(0)
+    batches = list(shuffled_batches(65, 32, 4, gen, torch.device("cpu")))
+    assert [len(b) for b in batches] == [32, 33, 32, 33]  # two epochs of 65
+    assert sorted(torch.cat(batches[:2]).tolist()) == list(range(65))
+    assert LocalPlan(epochs=1.0, batch_size=32).num_steps(65) == 2
+    assert LocalPlan(epochs=1.0, batch_size=32).num_steps(1) == 1
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    flat = FlatModel(model)
+    x, y = torch.randn(33, 4), torch.randint(0, 2, (33,))
+    stats, _ = train_locally(flat, x, y, F.cross_entropy, LocalPlan(epochs=2.0, batch_size=32),
+                             torch.Generator().manual_seed(1))
+    assert stats.steps == 2 and stats.examples == 66

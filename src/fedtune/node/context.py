@@ -30,8 +30,8 @@ class FitContext:
     num_train: int = 0  # the node's training examples
     dp: Any = None  # sample-level DP-SGD for this round (fedtune.privacy.dp_sgd.DPSGD)
     model: Any = None  # the FlatModel the node trains (personalization loads its own part)
-    # train(plan, purpose, **train_locally options) -> LocalStats: one more local phase on
-    # the node's data (FedRep's head, Ditto's personal model), seeded by its purpose
+    # train(plan, purpose, rows=None, **train_locally options) -> LocalStats: one more local
+    # phase on the node's data (FedRep's head, Ditto's personal model), seeded by its purpose
     train: Any = None
     trainable: slice | None = None  # the main loop steps only this slice of the vector
     loop: Any = None  # replaces the default local loop (Per-FedAvg), same signature

@@ -51,6 +51,7 @@ class NodeInstructions:
     fedex_grid: str = ""  # FedEx's configurations, lr:steps:scope;... ("" = off)
     fedex_val_fraction: float = 0.2
     fedex_metric: str = "error"  # or "loss"
+    fedex_samples: int = 2  # configurations a site tries per round (the first one trains)
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:
@@ -76,6 +77,10 @@ class EvalInstructions:
     batch_size: int = 32
     personal: str = ""  # the personalization method whose personal model is evaluated
     personalize_scope: str = "all"  # or "head": fine-tune the last layer only
+    # the fine-tuning's optimizer (plain SGD unless FedEx tuned the local plan's)
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> EvalInstructions:
@@ -89,4 +94,5 @@ class EvalInstructions:
     @property
     def plan(self) -> LocalPlan:
         return LocalPlan(steps=self.personalize_steps, batch_size=self.batch_size, lr=self.lr,
-                         optimizer="sgd")
+                         optimizer=self.optimizer, momentum=self.momentum,
+                         weight_decay=self.weight_decay)

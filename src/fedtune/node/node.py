@@ -203,10 +203,13 @@ class Node:
                       self._metered(wall0, cpu0, token), ctx.encoding)
 
     def _phase(self, bench: Workbench, data: NodeData, round_: int, plan: LocalPlan,
-               purpose: str, **options: Any) -> LocalStats:
-        """One more local training phase of a round (a hook's), seeded by its purpose."""
-        stats, _ = train_locally(bench.flat, data.x_train, data.y_train, bench.task.loss_fn,
-                                 plan, self._generator(round_, purpose), **options)
+               purpose: str, rows: torch.Tensor | None = None, **options: Any) -> LocalStats:
+        """One more local training phase of a round (a hook's), seeded by its purpose, on
+        the node's training data or some of its rows."""
+        x, y = (data.x_train, data.y_train) if rows is None else (
+            data.x_train[rows], data.y_train[rows])
+        stats, _ = train_locally(bench.flat, x, y, bench.task.loss_fn, plan,
+                                 self._generator(round_, purpose), **options)
         return stats
 
     @staticmethod

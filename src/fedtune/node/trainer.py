@@ -47,7 +47,13 @@ class LocalPlan:
     def num_steps(self, num_examples: int) -> int:
         if self.steps > 0:
             return self.steps
-        return max(1, math.ceil(self.epochs * math.ceil(num_examples / self.batch_size)))
+        return max(1, math.ceil(self.epochs * batches_per_epoch(num_examples, self.batch_size)))
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one pass over ``n`` examples (a last batch of one joins the one before)."""
+    full = math.ceil(n / batch_size)
+    return full - 1 if full > 1 and n % batch_size == 1 else full
 
 
 @dataclass
@@ -161,12 +167,16 @@ def _restore_outside(vector: torch.Tensor, saved: torch.Tensor, keep: slice) -> 
 
 def shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator,
               device: torch.device) -> Iterator[torch.Tensor]:
-    """``steps`` batches of consecutive slices of a fresh permutation per epoch."""
+    """``steps`` batches of consecutive slices of a fresh permutation per epoch. A last
+    slice of one example joins the slice before it: BatchNorm cannot train on one example
+    (PyTorch raises), and its gradient would be the epoch's noisiest."""
+    starts = list(range(0, n, batch_size))[:batches_per_epoch(n, batch_size)]
+    ends = [*starts[1:], n]
     step = 0
     while step < steps:
         order = torch.randperm(n, generator=generator).to(device)
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
+        for start, end in zip(starts, ends, strict=True):
+            yield order[start:end]
             step += 1
             if step >= steps:
                 return

@@ -56,10 +56,12 @@ def eval_config(coord: Coordinator, steps: int | None = None) -> dict[str, Scala
     config: dict[str, Scalar] = {"personalize_steps": steps, "lr": lr,
                                  "batch_size": cfg.local.batch_size}
     tuner = next((part for part in coord.round_parts if part.name == "fedex"), None)
-    if tuner is not None:  # FedEx: the tuned configuration, for every site
-        best = tuner.best(coord.state.parts["fedex"])
+    if tuner is not None:  # FedEx: the tuned configuration with the optimizer it was tuned
+        best = tuner.best(coord.state.parts["fedex"])  # with (the local plan's), every site
         config.update(personalize_steps=best["steps"] if asked is None else steps,
-                      lr=best["lr"], personalize_scope=best["scope"])
+                      lr=best["lr"], personalize_scope=best["scope"],
+                      optimizer=cfg.local.optimizer, momentum=cfg.local.momentum,
+                      weight_decay=cfg.local.weight_decay)
     if own:
         config["personal"] = p.method
     return config

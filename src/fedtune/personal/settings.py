@@ -58,6 +58,11 @@ class PersonalizationSection(BaseModel):
     tune_scope: list[Literal["all", "head"]] = ["all", "head"]
     tune_val_fraction: float = Field(0.2, gt=0, lt=1)
     tune_metric: Literal["error", "loss"] = "error"
+    # configurations each site tries per round: 1 = FedEx as published (one configuration,
+    # a discounted global baseline); k > 1: k - 1 more fine-tuned for validation only, each
+    # the others' baseline (the site's own data and round cancel out of the comparison)
+    tune_samples: int = Field(2, ge=1, le=4)
+    tune_explore: float = Field(0.2, ge=0, lt=1)  # the uniform share sites also sample from
 
 
 def personalization_defaults(raw: dict[str, Any]) -> dict[str, Any]:
