@@ -140,10 +140,11 @@ class FedExChoice:
         assert self.val is not None and ctx.evaluate_rows is not None
         metrics = ctx.evaluate_rows(self.val)
         # the error rate when the task measures accuracy (what sites are judged by), else loss
-        return 1.0 - metrics["accuracy"] if "accuracy" in metrics and \
-            ctx.instructions.fedex_metric == "error" else metrics["loss"]
+        return float(1.0 - metrics["accuracy"] if "accuracy" in metrics and
+                     ctx.instructions.fedex_metric == "error" else metrics["loss"])
 
     def after_fit(self, ctx: FitContext) -> None:
+        assert self.val is not None
         losses: dict[int, float] = {}
         if self.configs[self.choices[0]]["scope"] == "all":  # the training was its fine-tuning
             losses[self.choices[0]] = self._val_loss(ctx)
