@@ -16,16 +16,17 @@ Tasks (20 sites each):
 Every method runs the same rounds, local plan and seed. ``local``: each site alone for 60
 epochs (fedtune's ``local`` baseline), on its own test set. ``fedavg``: the global model on
 the sites' test sets; ``finetune``: the same run's global model after 20 local steps (the
-defaults a user gets). ``meta``: FedEx (``personalization.method = "fedex"``) over the grid
-of local rate x steps x scope; ``grid``: the same grid, one full run per configuration (each
+defaults a user gets); ``finetune+prior``: each site's label prior added to the head's bias
+first (``personalization.prior_correction``). ``meta``: FedEx
+(``personalization.method = "fedex"``) over the grid of local rate x steps x scope; ``grid``: the same grid, one full run per configuration (each
 a FedEx run with that one configuration, so it holds out the same validation rows), its best
 picked on the sites' test sets (optimistic for the grid); ``random_search``: configurations
 in a seeded random order, full runs until FedEx's compute is spent (at least one), the best
 picked the same way. Compute is counted as local SGD steps (FedEx's: every configuration a
 site fine-tuned, two per round by default). ``new_site_gap_pts``: trained sites' mean
 personal accuracy minus held-out sites' (4 sites that never trained) after at most 5 local
-steps, for the method with the smallest gap (FedAvg + fine-tuning, Per-FedAvg, FedEx: held-out
-sites adapt with the configuration FedEx tuned).
+steps, for the method with the smallest gap (FedAvg + fine-tuning with and without the label
+prior, Per-FedAvg, FedEx: held-out sites adapt with the configuration FedEx tuned).
 
 Goals (tasks 1-2): best - local >= 5 points, best - finetune >= 2 points in mean accuracy,
 best bottom-10 % >= finetune's; meta within 1 point of the grid's best with <= 1/5 of its
@@ -75,6 +76,8 @@ METHODS: dict[str, list[str]] = {
     "perfedavg": ['personalization.method="perfedavg"', "personalization.alpha=0.03"],
     "apfl": ['personalization.method="apfl"'],
 }
+# each site's label prior in the head's bias before fine-tuning (Saerens et al. 2002)
+METHODS["finetune+prior"] = [*METHODS["finetune"], "personalization.prior_correction=true"]
 # trained personal models, fine-tuned too before they are evaluated (finetune_own)
 for _name in ("fedper", "fedbn", "ditto", "apfl"):
     METHODS[f"{_name}+ft"] = [*METHODS[_name], "personalization.finetune_own=true"]
@@ -156,6 +159,7 @@ def bench_task(task: str, emit: Any) -> None:
     gaps = {}
     meta_args = _tune(TUNE["tune_lr"], TUNE["tune_steps"], TUNE["tune_scope"])
     for method, extra in (("finetune", METHODS["finetune"]),
+                          ("finetune+prior", METHODS["finetune+prior"]),
                           ("perfedavg", METHODS["perfedavg"]), ("meta", meta_args)):
         result, _ = _run(task, [*extra, "personalization.holdout_sites=4"])
         curve = result.extra["personal"]["new_sites"]["mean_acc_after_steps"]

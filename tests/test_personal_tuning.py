@@ -198,3 +198,45 @@ def test_a_grid_too_large_for_one_instruction_is_refused():
     with pytest.raises(ConfigError, match="at most 512"):
         small_config('personalization.method="fedex"',
                      "personalization.tune_lr=" + str([0.001 * i for i in range(1, 20)]))
+
+
+def test_the_label_prior_goes_into_the_heads_bias_by_hand():
+    from torch import nn
+
+    from fedtune.personal.label_prior import add_own_prior
+
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.zero_()
+    add_own_prior(model, torch.tensor([0, 0, 0, 1]))
+    freq = torch.tensor([4 / 7, 2 / 7, 1 / 7])  # add-one smoothed counts 4, 2, 1
+    torch.testing.assert_close(model[2].bias, freq.log() + math.log(3))
+    # Saerens et al.: a head that knew nothing (uniform posteriors) now predicts the site's
+    # own class frequencies, whatever the input
+    torch.testing.assert_close(torch.softmax(model(torch.randn(6, 4)), 1), freq.expand(6, 3))
+
+
+def test_the_label_prior_needs_a_classifier_head_with_a_bias():
+    from torch import nn
+
+    from fedtune.personal.label_prior import add_own_prior
+
+    with pytest.raises(FedtuneError, match="bias"):
+        add_own_prior(nn.Sequential(nn.Linear(4, 3, bias=False)), torch.tensor([0, 1]))
+    with pytest.raises(FedtuneError, match="class labels"):
+        add_own_prior(nn.Linear(4, 3), torch.tensor([0.5, 1.0]))
+    with pytest.raises(FedtuneError, match="3 outputs"):
+        add_own_prior(nn.Linear(4, 3), torch.tensor([0, 7]))
+
+
+def test_prior_correction_personalizes_without_a_step_and_helps_new_sites():
+    base = ['personalization.method="finetune"', "evaluation.personalize_steps=0",
+            "data.alpha=0.1", "personalization.holdout_sites=1",
+            "personalization.adapt_steps=[0]", "energy.enabled=false"]
+    plain = run(small_config(*base), store=False).extra["personal"]
+    res = run(small_config(*base, "personalization.prior_correction=true"), store=False)
+    personal = res.extra["personal"]
+    assert personal["mean_acc"] > res.fairness_global.mean + 0.05, "the prior alone helps"
+    new = personal["new_sites"]["mean_acc_after_steps"]["0"]
+    assert new > plain["new_sites"]["mean_acc_after_steps"]["0"]

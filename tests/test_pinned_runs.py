@@ -76,7 +76,8 @@ CASES["ditto"] = ['personalization.method="ditto"', "personalization.lam=1.0",
                   "local.optimizer=\"sgd\""]
 CASES["apfl"] = ['personalization.method="apfl"', "personalization.alpha_lr=0.05"]
 CASES["fedex"] = ['personalization.method="fedex"', "personalization.tune_lr=[0.01, 0.1]",
-                  "personalization.tune_steps=[3, 10]", "personalization.eval_every=2"]
+                  "personalization.tune_steps=[3, 10]", "personalization.eval_every=2",
+                  "personalization.prior_correction=true"]
 CASES["all-fedex"] = [*CASES["fedex"], *ALL_SITES]
 CASES["perfedavg-hf"] = ['personalization.method="perfedavg"', 'personalization.variant="hf"',
                          "personalization.holdout_sites=1"]

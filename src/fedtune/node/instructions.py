@@ -77,6 +77,7 @@ class EvalInstructions:
     batch_size: int = 32
     personal: str = ""  # the personalization method whose personal model is evaluated
     personalize_scope: str = "all"  # or "head": fine-tune the last layer only
+    prior_correction: bool = False  # the site's label prior into the head's bias first
     # the fine-tuning's optimizer (plain SGD unless FedEx tuned the local plan's)
     optimizer: str = "sgd"
     momentum: float = 0.0

@@ -27,6 +27,7 @@ from ..energy.meter import MeterToken
 from ..errors import MessageError
 from ..params import FlatModel
 from ..personal.fedex import head_slice
+from ..personal.label_prior import add_own_prior
 from ..personal.node_parts import load_global, load_own_model
 from ..seeds import derived_seed
 from ..task import Task
@@ -241,11 +242,14 @@ class Node:
         metrics = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
         instructions = EvalInstructions.from_config(ins.config)
         own = load_own_model(flat, instructions.personal, self.state)  # or its kept part
+        prior = instructions.prior_correction and not own  # own models learned theirs
+        if prior:
+            add_own_prior(flat.module, d.y_train)
         if instructions.personalize_steps > 0:
             scope = head_slice(flat) if instructions.personalize_scope == "head" else None
             train_locally(flat, d.x_train, d.y_train, task.loss_fn, instructions.plan,
                           self._generator(ins.round, "personalize"), trainable=scope)
-        if own or instructions.personalize_steps > 0:
+        if own or prior or instructions.personalize_steps > 0:
             tuned = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
             metrics.update({f"{k}_personalized": v for k, v in tuned.items()})
         return EvalRes(self.node_id, ins.round, int(d.x_test.shape[0]), metrics,

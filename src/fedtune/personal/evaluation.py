@@ -64,6 +64,8 @@ def eval_config(coord: Coordinator, steps: int | None = None) -> dict[str, Scala
                       weight_decay=cfg.local.weight_decay)
     if own:
         config["personal"] = p.method
+    if p.prior_correction:
+        config["prior_correction"] = True
     return config
 
 
@@ -116,8 +118,9 @@ def adaptation(coord: Coordinator) -> dict[str, Any]:
     for steps in coord.cfg.personalization.adapt_steps:
         ins = eval_instruction(coord, coord.cfg.run.rounds, steps)
         config = ins.config
-        values = [r.result.metrics.get("accuracy_personalized" if steps or "personal" in
-                                       config else "accuracy", math.nan)
+        personal = steps or "personal" in config or "prior_correction" in config
+        values = [r.result.metrics.get("accuracy_personalized" if personal else "accuracy",
+                                       math.nan)
                   for r in coord.runtime.evaluate(sites, ins) if isinstance(r.result, EvalRes)]
         curve[str(steps)] = fairness_summary(values).mean
     return {"sites": sites, "mean_acc_after_steps": curve}

@@ -49,6 +49,9 @@ class PersonalizationSection(BaseModel):
     alpha_mix: float = Field(0.5, ge=0, le=1)  # APFL's initial mixing weight
     alpha_lr: float = Field(0.01, ge=0)  # APFL's step size for the mixing weight
     finetune_own: bool = False  # also fine-tune trained personal models to evaluate
+    # the site's label prior added to the head's bias before fine-tuning (label shift:
+    # Saerens et al. 2002); for personal models that start from the global one
+    prior_correction: bool = False
     eval_every: int = Field(0, ge=0)  # personal evaluation every N rounds (0: at the end)
     holdout_sites: int = Field(0, ge=0)  # sites that never train; evaluated after adapting
     adapt_steps: list[int] = Field(default_factory=lambda: [0, 1, 2, 5])
