@@ -18,8 +18,9 @@ epochs (fedtune's ``local`` baseline), on its own test set. ``fedavg``: the glob
 the sites' test sets; ``finetune``: the same run's global model after 20 local steps (the
 defaults a user gets); ``finetune+prior``: each site's label prior added to the head's bias
 first (``personalization.prior_correction``). ``meta``: FedEx
-(``personalization.method = "fedex"``) over the grid of local rate x steps x scope; ``grid``: the same grid, one full run per configuration (each
-a FedEx run with that one configuration, so it holds out the same validation rows), its best
+(``personalization.method = "fedex"``) over the grid of local rate x steps x scope;
+``grid``: the same grid, one full run per configuration (each a FedEx run with that one
+configuration, so it holds out the same validation rows), its best
 picked on the sites' test sets (optimistic for the grid); ``random_search``: configurations
 in a seeded random order, full runs until FedEx's compute is spent (at least one), the best
 picked the same way. Compute is counted as local SGD steps (FedEx's: every configuration a
