@@ -78,11 +78,24 @@ STRATEGIES = LazyRegistry("strategy", {
 })
 
 _A = "fedtune.algorithms.aggregate:"
+_R = "fedtune.algorithms.robust:"
 AGGREGATORS = LazyRegistry("aggregator", {
     "mean": ("weighted mean (streaming: one accumulator)", _A + "mean_part"),
     "median": ("coordinate-wise median (keeps all K updates)", _A + "median_part"),
     "trimmed_mean": ("coordinate-wise mean without the strategy.trim fraction at each end "
                      "(keeps all K updates)", _A + "trimmed_mean_part"),
+    "krum": ("Krum: the update closest to its K - f - 2 neighbours (f = strategy.byzantine; "
+             "tolerates 2f + 2 < K)", _R + "krum_part"),
+    "multi_krum": ("Multi-Krum: the mean of the strategy.krum_m best Krum scores (0: K - f)",
+                   _R + "multi_krum_part"),
+    "bulyan": ("Bulyan: Krum picks, then a trimmed mean around the median (tolerates "
+               "4f + 3 <= K)", _R + "bulyan_part"),
+    "geometric_median": ("geometric median by smoothed Weiszfeld (RFA; below half the weight)",
+                         _R + "geometric_median_part"),
+    "centered_clipping": ("centered clipping with radius strategy.clip_radius (0: the median "
+                          "update norm)", _R + "centered_clipping_part"),
+    "norm_bound": ("mean of updates scaled to norm <= strategy.norm_bound (0: the median "
+                   "update norm)", _R + "norm_bound_part"),
 })
 
 _SEL = "fedtune.algorithms.selection:"

@@ -115,6 +115,13 @@ class StrategySection(Section):
     prox_mu: float = Field(0.01, ge=0)
     aggregator: str = "mean"
     trim: float = Field(0.1, ge=0, lt=0.5)
+    # robust aggregators (fedtune.algorithms.robust): how many updates may be Byzantine,
+    # Multi-Krum's picks (0: K - f), centered clipping's radius and the norm bound (0: the
+    # median update norm of the round)
+    byzantine: int = Field(0, ge=0)
+    krum_m: int = Field(0, ge=0)
+    clip_radius: float = Field(0.0, ge=0)
+    norm_bound: float = Field(0.0, ge=0)
     mode: Literal["sync", "async", "secagg"] = "sync"
     async_buffer: int = Field(5, ge=1)
     async_concurrency: int = Field(10, ge=1)
@@ -141,7 +148,9 @@ class StrategySection(Section):
 
         return StrategyParams(server_lr=self.server_lr, server_momentum=self.server_momentum,
                               beta1=self.beta1, beta2=self.beta2, tau=self.tau,
-                              prox_mu=self.prox_mu, aggregator=self.aggregator, trim=self.trim)
+                              prox_mu=self.prox_mu, aggregator=self.aggregator, trim=self.trim,
+                              byzantine=self.byzantine, krum_m=self.krum_m,
+                              clip_radius=self.clip_radius, norm_bound=self.norm_bound)
 
 
 class LocalSection(Section):
@@ -291,6 +300,9 @@ class RunConfig(Section):
         check_privacy(self)
         check_secagg(self)
         check_personalization(self)
+        from .algorithms.robust import check_robust
+
+        check_robust(self)
         return self
 
 

@@ -265,16 +265,16 @@ def trimmed_mean(updates: torch.Tensor, weights: torch.Tensor, *, trim: float = 
     return ordered[cut:k - cut].mean(dim=0)
 
 
-def mean_part(*, trim: float = 0.1) -> Aggregator:
+def mean_part(*, trim: float = 0.1, **_: Any) -> Aggregator:
     """The ``mean`` entry of :data:`fedtune.catalog.AGGREGATORS`."""
     return weighted_mean
 
 
-def median_part(*, trim: float = 0.1) -> Aggregator:
+def median_part(*, trim: float = 0.1, **_: Any) -> Aggregator:
     """The ``median`` entry of :data:`fedtune.catalog.AGGREGATORS`."""
     return Stacked(coordinate_median)
 
 
-def trimmed_mean_part(*, trim: float = 0.1) -> Aggregator:
+def trimmed_mean_part(*, trim: float = 0.1, **_: Any) -> Aggregator:
     """The ``trimmed_mean`` entry of :data:`fedtune.catalog.AGGREGATORS`."""
     return Stacked(partial(trimmed_mean, trim=trim))

@@ -41,6 +41,9 @@ References:
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import torch
 
 
@@ -177,6 +180,90 @@ def norm_bounded_mean(updates: torch.Tensor, weights: torch.Tensor, *,
     w = weights.double() / weights.double().sum()
     out: torch.Tensor = ((w * scale)[:, None] * updates.double()).sum(dim=0)
     return out.to(updates.dtype)
+
+
+def tolerable(f: int, k: int, *, bulyan_rule: bool = False) -> int:
+    """The most attackers a round of ``k`` updates lets a rule assume, at most ``f``: a round
+    with fewer answers than the configured ``f`` needs still aggregates (with a smaller f)."""
+    most = (k - 3) // 4 if bulyan_rule else (k - 3) // 2
+    return max(0, min(f, most))
+
+
+def check_robust(cfg: Any) -> None:
+    """Config-time rules (cfg: the RunConfig): ``strategy.byzantine`` within what the rule
+    tolerates for the round's size, and the rule's knobs only with the rule."""
+    s = cfg.strategy
+    k = s.count or max(1, round(s.fraction * cfg.data.num_nodes))
+    f = s.byzantine
+    rule = {"krum": (2 * f + 2 < k, "2f + 2 < K"), "multi_krum": (2 * f + 2 < k, "2f + 2 < K"),
+            "bulyan": (4 * f + 3 <= k, "4f + 3 <= K")}.get(s.aggregator)
+    if rule is not None and not rule[0]:
+        raise ValueError(f"strategy.aggregator = \"{s.aggregator}\" with strategy.byzantine = "
+                         f"{f} needs {rule[1]}, and a round has K = {k} updates: "
+                         "lower strategy.byzantine or select more sites")
+    if s.byzantine and s.aggregator not in ("krum", "multi_krum", "bulyan"):
+        raise ValueError("strategy.byzantine is read by the krum, multi_krum and bulyan "
+                         f"aggregators; strategy.aggregator is \"{s.aggregator}\"")
+
+
+def _krum_rule(updates: torch.Tensor, weights: torch.Tensor, *, f: int, m: int,
+               ) -> torch.Tensor:
+    k = updates.shape[0]
+    if k < 3:  # no neighbourhood to score: the plain weighted mean of one or two
+        w = weights.to(updates.dtype)
+        return (w[:, None] * updates).sum(dim=0) / w.sum()
+    f = tolerable(f, k)
+    return multi_krum(updates, weights, f=f, m=min(m or k - f, k))
+
+
+def _bulyan_rule(updates: torch.Tensor, weights: torch.Tensor, *, f: int) -> torch.Tensor:
+    k = updates.shape[0]
+    if k < 3:
+        return _krum_rule(updates, weights, f=0, m=k)
+    return bulyan(updates, weights, f=tolerable(f, k, bulyan_rule=True))
+
+
+def _clipping_rule(updates: torch.Tensor, weights: torch.Tensor, *, radius: float,
+                   ) -> torch.Tensor:
+    if not radius > 0:  # adaptive: the median norm of the round's updates
+        radius = float(updates.double().norm(dim=1).median()) or 1.0
+    return centered_clipping(updates, weights, radius=radius)
+
+
+def _stacked(rule: Any) -> Any:
+    from .aggregate import Stacked
+
+    return Stacked(rule)
+
+
+def krum_part(*, byzantine: int = 0, **_: Any) -> Any:
+    """The ``krum`` entry of :data:`fedtune.catalog.AGGREGATORS` (one pick)."""
+    return _stacked(partial(_krum_rule, f=byzantine, m=1))
+
+
+def multi_krum_part(*, byzantine: int = 0, krum_m: int = 0, **_: Any) -> Any:
+    """The ``multi_krum`` entry (``krum_m = 0``: K - f picks)."""
+    return _stacked(partial(_krum_rule, f=byzantine, m=krum_m))
+
+
+def bulyan_part(*, byzantine: int = 0, **_: Any) -> Any:
+    """The ``bulyan`` entry."""
+    return _stacked(partial(_bulyan_rule, f=byzantine))
+
+
+def geometric_median_part(**_: Any) -> Any:
+    """The ``geometric_median`` entry."""
+    return _stacked(geometric_median)
+
+
+def centered_clipping_part(*, clip_radius: float = 0.0, **_: Any) -> Any:
+    """The ``centered_clipping`` entry (``clip_radius = 0``: the median update norm)."""
+    return _stacked(partial(_clipping_rule, radius=clip_radius))
+
+
+def norm_bound_part(*, norm_bound: float = 0.0, **_: Any) -> Any:
+    """The ``norm_bound`` entry (``norm_bound = 0``: the median update norm)."""
+    return _stacked(partial(norm_bounded_mean, bound=norm_bound or None))
 
 
 __all__ = [

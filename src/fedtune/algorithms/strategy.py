@@ -45,6 +45,10 @@ class StrategyParams:
     prox_mu: float = 0.01
     aggregator: str = "mean"
     trim: float = 0.1
+    byzantine: int = 0  # updates a robust rule assumes may be Byzantine (Krum, Bulyan)
+    krum_m: int = 0
+    clip_radius: float = 0.0
+    norm_bound: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,9 @@ class Strategy:
 def _aggregator(p: StrategyParams) -> Aggregator:
     if p.aggregator not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {p.aggregator!r}; allowed: {sorted(AGGREGATORS)}")
-    part: Aggregator = AGGREGATORS.load(p.aggregator)(trim=p.trim)
+    part: Aggregator = AGGREGATORS.load(p.aggregator)(
+        trim=p.trim, byzantine=p.byzantine, krum_m=p.krum_m, clip_radius=p.clip_radius,
+        norm_bound=p.norm_bound)
     return part
 
 
