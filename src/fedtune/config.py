@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .attack.settings import AttackSection, check_attack
 from .catalog import (
     AGGREGATOR_NAMES,
     DATASET_NAMES,
@@ -257,6 +258,7 @@ class RunConfig(Section):
     privacy: PrivacySection = PrivacySection()
     secagg: SecAggSection = SecAggSection()
     personalization: PersonalizationSection = PersonalizationSection()
+    attack: AttackSection = AttackSection()
 
     @model_validator(mode="before")
     @classmethod
@@ -303,6 +305,7 @@ class RunConfig(Section):
         from .algorithms.robust import check_robust
 
         check_robust(self)
+        check_attack(self)
         return self
 
 

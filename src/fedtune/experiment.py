@@ -170,6 +170,10 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
     from .runtime.grpc.server import GrpcRuntime
 
     cfg = config
+    if cfg.attack.kind != "none":
+        raise ConfigError(f"attack.kind = \"{cfg.attack.kind}\" is a simulation: it runs with "
+                          "fedtune run (in process or on Ray); real sites never attack on "
+                          "instruction. Remove the [attack] section to serve")
     store = RunStore(cfg.run.workspace)
     run_id = ""
     crashed = False

@@ -66,6 +66,12 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any) -> list[RoundPart]
         from .personal.fedex import FedExTuner
 
         parts.append(FedExTuner(cfg.personalization))
+    if cfg.attack.kind != "none":
+        from .attack.round_part import AttackPart
+        from .personal.label_prior import head_bias
+
+        parts.append(AttackPart(cfg, list(runtime.node_ids),
+                                classes=head_bias(bench.flat.module).numel()))
     if cfg.privacy.mode != "off":
         from .privacy.accountant import sampling_for
         from .privacy.client_dp import ClientDP

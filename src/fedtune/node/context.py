@@ -38,5 +38,7 @@ class FitContext:
     plan: Any = None  # replaces the instruction's local plan (FedEx's sampled configuration)
     rows: torch.Tensor | None = None  # train on these rows of the training data only
     evaluate_rows: Any = None  # (rows) -> the model's loss and metrics on training rows
+    # (x, y) -> (x, y): what the node trains on this round instead (a simulated attack's)
+    poison: Any = None
     node_seed: int = 0  # the node's own seed and id (per-site choices that never change)
     node_id: str = ""

@@ -111,6 +111,10 @@ def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor],
         hooks.append(SiteDP(clip=instructions.dp_clip, noise_std=instructions.dp_noise_std,
                             bit_noise_std=instructions.dp_bit_noise_std,
                             secure=instructions.dp_secure))
+    if instructions.attack not in ("", "none"):  # a simulated attacker's, before masking
+        from ..attack.site import SiteAttack
+
+        hooks.append(SiteAttack())
     if instructions.secagg_bits:  # after any DP noise; the update then leaves masked
         from ..secagg.masking import Ring
         from ..secagg.protocol import SecAggInput

@@ -52,6 +52,16 @@ class NodeInstructions:
     fedex_val_fraction: float = 0.2
     fedex_metric: str = "error"  # or "loss"
     fedex_samples: int = 2  # configurations a site tries per round (the first one trains)
+    # a simulated attack (fedtune.attack): its kind, the attacking sites, its knobs
+    attack: str = ""
+    attack_sites: str = ""
+    attack_scale: float = 1.0
+    attack_noise: float = 1.0
+    attack_target: int = 0
+    attack_trigger: int = 4
+    attack_trigger_value: float = 3.0
+    attack_poison: float = 0.5
+    attack_classes: int = 0
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:

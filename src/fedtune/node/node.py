@@ -180,6 +180,8 @@ class Node:
         plan = ctx.plan or plan
         x, y = (data.x_train, data.y_train) if ctx.rows is None else (
             data.x_train[ctx.rows], data.y_train[ctx.rows])
+        if ctx.poison is not None:
+            x, y = ctx.poison(x, y)
         if bench.task.train_fn is not None:
             if ctx.dp is not None or ctx.loop is not None or ctx.trainable is not None:
                 raise MessageError("privacy.sample_dp and personalization methods with their "

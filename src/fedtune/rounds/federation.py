@@ -62,6 +62,12 @@ def run_federation(coord: Coordinator) -> RunResult:
     coord.writer.close()  # every round is stored before the final evaluation is
     evals, eval_ledger = evaluate_nodes(coord)
     final = coord.evaluate_central()
+    asr = None
+    if cfg.attack.kind == "backdoor":  # the final model is loaded by evaluate_central
+        from ..attack.round_part import backdoor_success
+
+        asr = backdoor_success(coord.bench.flat.module, coord.x_test, coord.y_test, cfg.attack,
+                               coord.bench.task)
     hist = coord.state.history
     ledgers = pre + eval_ledger
     ordered = sorted(evals.items())  # arrival order differs by runtime; sums must not
@@ -85,6 +91,8 @@ def run_federation(coord: Coordinator) -> RunResult:
                                         new_sites=adaptation(coord))
         if "fedex" in result.extra:
             result.extra["personal"]["tuned"] = result.extra.pop("fedex")
+    if asr is not None:
+        result.extra["attack"]["backdoor_asr"] = asr
     if coord.stopped:
         result.extra["stopped"] = coord.stopped
     if cfg.strategy.selection == "carbon" and hist:

@@ -1,0 +1,1 @@
+"""Simulated attacks: malicious sites for robustness tests (:mod:`fedtune.attack.settings`)."""

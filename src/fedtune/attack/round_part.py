@@ -1,0 +1,73 @@
+"""The coordinator's side of a simulated attack: it names the attackers in every
+instruction, records them, and measures a backdoor's success on its own test set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..algorithms.strategy import Strategy
+from ..node.trainer import evaluate_model
+from .settings import attacker_sites
+from .site import stamp_trigger
+
+
+class AttackPart:
+    """A round part (:mod:`fedtune.round_parts`): instructions out, a summary at the end."""
+
+    name = "attack"
+
+    def __init__(self, cfg: Any, node_ids: list[str], classes: int) -> None:
+        self.a = cfg.attack
+        self.sites = attacker_sites(cfg, node_ids)
+        self.classes = classes
+
+    def adapt(self, strategy: Strategy) -> Strategy:
+        return strategy
+
+    def init(self) -> dict[str, Any]:
+        return {}
+
+    def node_config(self, state: Any) -> dict[str, float | str | int]:
+        a = self.a
+        return {"attack": a.kind, "attack_sites": ",".join(self.sites),
+                "attack_scale": a.scale, "attack_noise": a.noise_std,
+                "attack_target": a.target, "attack_trigger": a.trigger_size,
+                "attack_trigger_value": a.trigger_value, "attack_poison": a.poison_fraction,
+                "attack_classes": self.classes}
+
+    def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]:
+        return {}
+
+    def receive(self, update: Any, aux: dict[str, torch.Tensor], state: Any,
+                node_id: str) -> Any:
+        return update
+
+    def release(self, delta: torch.Tensor, state: Any, round_: int) -> torch.Tensor:
+        return delta
+
+    def after_round(self, state: Any) -> None:
+        return None
+
+    def round_metrics(self, state: Any) -> dict[str, float]:
+        return {}
+
+    def stop_reason(self, round_: int, state: Any) -> str | None:
+        return None
+
+    def summary(self, state: Any) -> dict[str, Any]:
+        return {"kind": self.a.kind, "sites": self.sites}
+
+
+def backdoor_success(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, a: Any,
+                     task: Any) -> float:
+    """The share of test inputs not of the target class that the model, shown the trigger,
+    puts in the target class (the attack success rate)."""
+    keep = y != a.target
+    if not bool(keep.any()):
+        return float("nan")
+    stamped = stamp_trigger(x[keep], a.trigger_size, a.trigger_value)
+    target = torch.full_like(y[keep], a.target)
+    out = evaluate_model(module, stamped, target, task.loss_fn, task.metrics_fn)
+    return float(out.get("accuracy", float("nan")))

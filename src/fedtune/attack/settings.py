@@ -1,0 +1,80 @@
+"""The ``[attack]`` section: what a simulated malicious site does, and which sites attack.
+
+Attacks are for finding out what a site could do to the shared model before trusting a
+federation; they run in simulation and on Ray (``fedtune run``) and are refused by
+``fedtune serve``: a real site never attacks on the coordinator's instruction.
+
+=================  ==========================================================================
+``sign_flip``      the update negated (times ``scale``)
+``scale``          the update times ``scale`` (a boosted update; model replacement when
+                   ``scale`` is about K / server step)
+``noise``          Gaussian noise with standard deviation ``noise_std`` in place of the update
+``free_rider``     no training: the update is zero (the global model sent back)
+``label_flip``     trains on its data with every label y replaced by C - 1 - y
+``backdoor``       trains with ``poison_fraction`` of its rows stamped with a trigger (the last
+                   ``trigger_size`` inputs set to ``trigger_value``) and labelled ``target``;
+                   the update times ``scale``; the attack success rate is measured on the
+                   coordinator's test set
+=================  ==========================================================================
+
+References:
+    Blanchard et al. 2017 (Gaussian and sign-flip Byzantine updates); Fang et al. 2020,
+    "Local Model Poisoning Attacks to Byzantine-Robust Federated Learning" (label flipping);
+    Bagdasaryan et al. 2020, "How To Backdoor Federated Learning" (AISTATS; trigger and model
+    replacement); Lin et al. 2019, "Free-riders in Federated Learning".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+KINDS = ("none", "sign_flip", "scale", "noise", "free_rider", "label_flip", "backdoor")
+
+
+class AttackSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["none", "sign_flip", "scale", "noise", "free_rider", "label_flip",
+                  "backdoor"] = "none"
+    fraction: float = Field(0.2, ge=0, le=1)  # of the sites, a seeded sample
+    sites: list[str] = Field(default_factory=list)  # or these sites by name
+    scale: float = 1.0  # sign_flip, scale and backdoor: the factor on the update
+    noise_std: float = Field(1.0, gt=0)
+    target: int = Field(0, ge=0)  # backdoor: the label triggered inputs get
+    trigger_size: int = Field(4, ge=1)
+    trigger_value: float = 3.0
+    poison_fraction: float = Field(0.5, gt=0, le=1)
+
+
+def check_attack(cfg: Any) -> None:
+    """Rules across sections (cfg: the RunConfig)."""
+    a = cfg.attack
+    if a.kind == "none":
+        return
+    if a.kind in ("sign_flip", "scale", "backdoor") and a.scale == 0:
+        raise ValueError(f"attack.kind = \"{a.kind}\" with attack.scale = 0 sends nothing; "
+                         "use attack.kind = \"free_rider\" for that")
+    if not a.sites and round(a.fraction * cfg.data.num_nodes) == 0 and not cfg.data.files:
+        raise ValueError(f"attack.fraction = {a.fraction} of {cfg.data.num_nodes} sites is no "
+                         "site: raise attack.fraction or name attack.sites")
+
+
+def attacker_sites(cfg: Any, node_ids: list[str]) -> list[str]:
+    """The attacking sites: ``attack.sites`` (each must exist) or a seeded sample of
+    ``attack.fraction`` of them (at least one), the same in every runtime."""
+    from ..algorithms.selection import FixedSize
+    from ..errors import ConfigError
+    from ..seeds import derived_seed
+
+    a = cfg.attack
+    ids = sorted(node_ids)
+    if a.sites:
+        unknown = sorted(set(a.sites) - set(ids))
+        if unknown:
+            raise ConfigError(f"attack.sites names {unknown[0]!r}, which is not a site; sites: "
+                              f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}")
+        return sorted(a.sites)
+    count = max(1, round(a.fraction * len(ids)))
+    return sorted(FixedSize(count=count).select(ids, 0, derived_seed(cfg.run.seed, "attack")))

@@ -1,0 +1,88 @@
+"""Simulated attacks: each against what it must do to one site's update or data (worked on a
+real node), seeded attacker sites, attacks that hurt the plain mean and a robust rule that
+holds, a backdoor that implants, and the refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedtune.energy import EnergyMeter
+from fedtune.errors import ConfigError
+from fedtune.experiment import run
+from fedtune.node.node import Node, Workbench
+from fedtune.tasks import build_task
+from fedtune.types import FitIns
+
+from .conftest import small_config
+
+CPU = torch.device("cpu")
+
+
+def _fit(*attack: str, sites: str = "node-0"):
+    cfg = small_config()
+    task = build_task(cfg)
+    bench = Workbench.create(task, CPU, cfg.run.seed)
+    node = Node(task.data.nodes[0], seed=0, meter=EnergyMeter(use_rapl=False),
+                co2_per_joule=0.0, device=CPU)
+    config = {**cfg.local.model_dump(), **dict(a.split("=") for a in attack),
+              "attack_sites": sites, "attack_classes": 10}
+    config = {k: (float(v) if k in ("attack_scale", "attack_noise") else v)
+              for k, v in config.items()}
+    start = bench.flat.shared.clone()
+    return node.fit(FitIns(1, start, config), bench).update, node, bench, start
+
+
+def test_update_attacks_do_what_they_say_to_the_honest_update():
+    honest, *_ = _fit("attack=none")
+    flipped, *_ = _fit("attack=sign_flip", "attack_scale=2")
+    torch.testing.assert_close(flipped, -2 * honest)
+    boosted, *_ = _fit("attack=scale", "attack_scale=10")
+    torch.testing.assert_close(boosted, 10 * honest)
+    assert torch.equal(_fit("attack=free_rider")[0], torch.zeros_like(honest))
+    noise, *_ = _fit("attack=noise", "attack_noise=0.5")
+    assert abs(float(noise.std()) - 0.5) < 0.02 and torch.equal(noise, _fit(
+        "attack=noise", "attack_noise=0.5")[0]), "Gaussian, seeded"
+    # a site that is not named trains honestly
+    assert torch.equal(_fit("attack=sign_flip", sites="node-3")[0], honest)
+
+
+def test_attackers_are_a_seeded_sample_recorded_with_the_run():
+    cfg = small_config('attack.kind="sign_flip"', "attack.fraction=0.5", "energy.enabled=false")
+    a, b = run(cfg, store=False), run(cfg, store=False)
+    assert a.extra["attack"] == b.extra["attack"] and len(a.extra["attack"]["sites"]) == 2
+    assert a.final_test_accuracy == b.final_test_accuracy
+    named = run(small_config('attack.kind="noise"', 'attack.sites=["node-2"]',
+                             "energy.enabled=false"), store=False)
+    assert named.extra["attack"] == {"kind": "noise", "sites": ["node-2"]}
+
+
+def test_a_sign_flipping_site_hurts_the_mean_and_krum_holds():
+    base = ["data.num_nodes=8", "run.rounds=5", 'data.partition="iid"', "energy.enabled=false"]
+    attack = ['attack.kind="sign_flip"', "attack.scale=4.0", "attack.fraction=0.25"]
+    clean = run(small_config(*base), store=False).final_test_accuracy
+    attacked = run(small_config(*base, *attack), store=False).final_test_accuracy
+    defended = run(small_config(*base, *attack, 'strategy.aggregator="multi_krum"',
+                                "strategy.byzantine=2"), store=False).final_test_accuracy
+    assert attacked < clean - 0.2
+    assert defended > clean - 0.05
+
+
+def test_a_backdoor_implants_with_plain_fedavg():
+    res = run(small_config("data.num_nodes=5", "run.rounds=8", 'data.partition="iid"',
+                           'attack.kind="backdoor"', 'attack.sites=["node-0"]',
+                           "attack.scale=5.0", "attack.target=3", "energy.enabled=false"),
+              store=False)
+    assert res.extra["attack"]["backdoor_asr"] > 0.8
+    assert res.final_test_accuracy > 0.7, "the main task still learns: a stealthy backdoor"
+
+
+def test_attacks_are_refused_where_they_cannot_run():
+    with pytest.raises(ConfigError, match="not a site"):
+        run(small_config('attack.kind="noise"', 'attack.sites=["node-99"]'), store=False)
+    with pytest.raises(ConfigError, match="free_rider"):
+        small_config('attack.kind="scale"', "attack.scale=0")
+    from fedtune.experiment import serve
+
+    with pytest.raises(ConfigError, match="simulation"):
+        serve(small_config('attack.kind="sign_flip"'))
