@@ -86,3 +86,37 @@ def test_attacks_are_refused_where_they_cannot_run():
 
     with pytest.raises(ConfigError, match="simulation"):
         serve(small_config('attack.kind="sign_flip"'))
+
+
+def test_alie_and_ipm_craft_from_the_benign_updates_by_hand():
+    from statistics import NormalDist
+
+    from fedtune.attack.omniscient import alie_z, crafted
+
+    x = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]])
+    # n = 3, f = 1: s = floor(3/2 + 1) - 1 = 1 benign update must lie farther: z = Phi^-1(2/3)
+    z = NormalDist().inv_cdf(2 / 3)
+    assert alie_z(3, 1) == pytest.approx(z)
+    std = (8 / 3) ** 0.5
+    torch.testing.assert_close(crafted("alie", x, 1), torch.tensor([2.0 - z * std, 1.0]))
+    torch.testing.assert_close(crafted("alie", x, 1, z=1.0), torch.tensor([2.0 - std, 1.0]))
+    torch.testing.assert_close(crafted("ipm", x, 1, epsilon=0.5), torch.tensor([-1.0, -0.5]))
+    assert alie_z(50, 24) == pytest.approx(NormalDist().inv_cdf(48 / 50))
+
+
+def test_omniscient_attackers_see_the_round_and_a_large_ipm_reverses_the_mean():
+    base = ["data.num_nodes=8", "run.rounds=5", 'data.partition="iid"', "energy.enabled=false"]
+    clean = run(small_config(*base), store=False).final_test_accuracy
+    ipm = ['attack.kind="ipm"', "attack.ipm_epsilon=10.0", "attack.fraction=0.25"]
+    a, b = run(small_config(*base, *ipm), store=False), run(small_config(*base, *ipm),
+                                                           store=False)
+    assert a.final_test_accuracy == b.final_test_accuracy, "seeded"
+    assert a.final_test_accuracy < clean - 0.2
+    held = run(small_config(*base, *ipm, 'strategy.aggregator="median"'), store=False)
+    assert held.final_test_accuracy > clean - 0.1
+    alie = run(small_config(*base, 'attack.kind="alie"', "attack.fraction=0.25",
+                            "attack.alie_z=3.0"), store=False)
+    assert alie.extra["attack"]["kind"] == "alie" and len(alie.extra["attack"]["sites"]) == 2
+    assert alie.final_test_loss > run(small_config(*base), store=False).final_test_loss
+    with pytest.raises(ConfigError, match=r"compression\.uplink"):
+        small_config('attack.kind="alie"', 'compression.uplink="q8"')

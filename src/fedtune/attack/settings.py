@@ -10,6 +10,9 @@ federation; they run in simulation and on Ray (``fedtune run``) and are refused 
                    ``scale`` is about K / server step)
 ``noise``          Gaussian noise with standard deviation ``noise_std`` in place of the update
 ``free_rider``     no training: the update is zero (the global model sent back)
+``alie``           every attacker sends ``mean - z * std`` of the round's benign updates
+                   (``alie_z``; 0: the paper's z_max; :mod:`fedtune.attack.omniscient`)
+``ipm``            every attacker sends ``-ipm_epsilon`` x the benign updates' mean
 ``label_flip``     trains on its data with every label y replaced by C - 1 - y
 ``backdoor``       trains with ``poison_fraction`` of its rows stamped with a trigger (the last
                    ``trigger_size`` inputs set to ``trigger_value``) and labelled ``target``;
@@ -21,7 +24,8 @@ References:
     Blanchard et al. 2017 (Gaussian and sign-flip Byzantine updates); Fang et al. 2020,
     "Local Model Poisoning Attacks to Byzantine-Robust Federated Learning" (label flipping);
     Bagdasaryan et al. 2020, "How To Backdoor Federated Learning" (AISTATS; trigger and model
-    replacement); Lin et al. 2019, "Free-riders in Federated Learning".
+    replacement); Lin et al. 2019, "Free-riders in Federated Learning"; Baruch et al. 2019
+    (ALIE) and Xie et al. 2020 (IPM), in :mod:`fedtune.attack.omniscient`.
 """
 
 from __future__ import annotations
@@ -30,14 +34,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-KINDS = ("none", "sign_flip", "scale", "noise", "free_rider", "label_flip", "backdoor")
+KINDS = ("none", "sign_flip", "scale", "noise", "free_rider", "label_flip", "backdoor", "alie",
+         "ipm")
 
 
 class AttackSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["none", "sign_flip", "scale", "noise", "free_rider", "label_flip",
-                  "backdoor"] = "none"
+                  "backdoor", "alie", "ipm"] = "none"
     fraction: float = Field(0.2, ge=0, le=1)  # of the sites, a seeded sample
     sites: list[str] = Field(default_factory=list)  # or these sites by name
     scale: float = 1.0  # sign_flip, scale and backdoor: the factor on the update
@@ -46,6 +51,8 @@ class AttackSection(BaseModel):
     trigger_size: int = Field(4, ge=1)
     trigger_value: float = 3.0
     poison_fraction: float = Field(0.5, gt=0, le=1)
+    alie_z: float = Field(0.0, ge=0)  # 0: the paper's z_max for the round's size
+    ipm_epsilon: float = Field(0.5, gt=0)
 
 
 def check_attack(cfg: Any) -> None:
@@ -56,6 +63,9 @@ def check_attack(cfg: Any) -> None:
     if a.kind in ("sign_flip", "scale", "backdoor") and a.scale == 0:
         raise ValueError(f"attack.kind = \"{a.kind}\" with attack.scale = 0 sends nothing; "
                          "use attack.kind = \"free_rider\" for that")
+    if a.kind in ("alie", "ipm") and cfg.compression.uplink:
+        raise ValueError(f"attack.kind = \"{a.kind}\" crafts dense updates from the round's; "
+                         "set compression.uplink = \"\" for it")
     if not a.sites and round(a.fraction * cfg.data.num_nodes) == 0 and not cfg.data.files:
         raise ValueError(f"attack.fraction = {a.fraction} of {cfg.data.num_nodes} sites is no "
                          "site: raise attack.fraction or name attack.sites")
