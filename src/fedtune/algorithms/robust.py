@@ -55,11 +55,14 @@ def _check(updates: torch.Tensor, weights: torch.Tensor) -> None:
 
 
 def centered_gram(updates: torch.Tensor) -> torch.Tensor:
-    """``[K, K]`` inner products of the rows after subtracting their mean (one matrix product
-    in the updates' dtype, returned in float64): distances between rows and between their
-    combinations follow from it, and centring keeps float32 from cancelling them away."""
-    centered = updates - updates.mean(dim=0)
-    return (centered @ centered.T).double()
+    """``[K, K]`` inner products of the rows after subtracting their mean: one matrix
+    product in the updates' dtype, centred afterwards in float64 (``J g J`` with
+    ``J = I - 11^T / K``), so the ``[K, D]`` block is read once and never copied. Distances
+    between rows and between their combinations follow from it; centring keeps them from
+    being the small difference of the rows' large common part."""
+    g = (updates @ updates.T).double()
+    row = g.mean(dim=1, keepdim=True)
+    return g - row - row.T + g.mean()
 
 
 def pairwise_sq_distances(updates: torch.Tensor) -> torch.Tensor:
@@ -98,8 +101,11 @@ def multi_krum(updates: torch.Tensor, weights: torch.Tensor, *, f: int, m: int =
     """The weighted mean of the ``m`` updates Krum scores best (``m = 1``: Krum's pick)."""
     _check(updates, weights)
     chosen = krum_select(updates, f, m)
-    w = weights[chosen].to(updates.dtype)
-    return (w[:, None] * updates[chosen]).sum(dim=0) / w.sum()
+    coeff = torch.zeros(updates.shape[0], dtype=torch.float64)
+    coeff[chosen] = weights[chosen].double()
+    coeff /= coeff.sum()  # one pass over the block: no copy of the chosen rows
+    out: torch.Tensor = coeff.to(updates.dtype) @ updates
+    return out
 
 
 def bulyan(updates: torch.Tensor, weights: torch.Tensor, *, f: int) -> torch.Tensor:
