@@ -31,6 +31,7 @@ from .algorithms.fold import RoundFold
 from .algorithms.selection import Selector
 from .algorithms.strategy import Strategy
 from .algorithms.transforms import Compress, TransformContext
+from .attack.omniscient import with_omniscient_attackers
 from .catalog import SELECTORS
 from .config import RunConfig
 from .coordinator_state import CoordinatorState
@@ -69,13 +70,7 @@ class Coordinator:
                  *, meter: EnergyMeter, co2_per_joule: float, store: RunStore | None = None,
                  run_id: str = "unsaved", resumable: bool = False,
                  on_round: Callable[[RoundRecord], None] | None = None) -> None:
-        if cfg.attack.kind in ("alie", "ipm"):  # attackers that see the whole round
-            from .attack.omniscient import OmniscientAttack
-            from .attack.settings import attacker_sites
-
-            runtime = OmniscientAttack(runtime, cfg.attack.kind,
-                                       attacker_sites(cfg, list(runtime.node_ids)),
-                                       z=cfg.attack.alie_z, epsilon=cfg.attack.ipm_epsilon)
+        runtime = with_omniscient_attackers(cfg, runtime)  # ALIE, IPM: they see the round
         self.cfg, self.strategy, self.runtime, self.bench = cfg, strategy, runtime, bench
         self.meter, self.co2_per_joule = meter, co2_per_joule
         self.store, self.run_id, self.on_round = store, run_id, on_round

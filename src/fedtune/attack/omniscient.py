@@ -49,6 +49,16 @@ def crafted(kind: str, updates: torch.Tensor, attackers: int, *, z: float = 0.0,
     raise ValueError(f"unknown omniscient attack {kind!r}; known: alie, ipm")
 
 
+def with_omniscient_attackers(cfg: Any, runtime: Any) -> Any:
+    """The runtime, wrapped when the run simulates ALIE or IPM (cfg: the RunConfig)."""
+    if cfg.attack.kind not in ("alie", "ipm"):
+        return runtime
+    from .settings import attacker_sites
+
+    return OmniscientAttack(runtime, cfg.attack.kind, attacker_sites(cfg, list(runtime.node_ids)),
+                            z=cfg.attack.alie_z, epsilon=cfg.attack.ipm_epsilon)
+
+
 class OmniscientAttack:
     """A runtime whose fit replies carry the attackers' crafted updates."""
 
