@@ -302,7 +302,7 @@ class RunConfig(Section):
         check_privacy(self)
         check_secagg(self)
         check_personalization(self)
-        from .algorithms.robust import check_robust
+        from .algorithms.robust_check import check_robust
 
         check_robust(self)
         check_attack(self)
