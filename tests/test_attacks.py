@@ -120,3 +120,14 @@ def test_omniscient_attackers_see_the_round_and_a_large_ipm_reverses_the_mean():
     assert alie.final_test_loss > run(small_config(*base), store=False).final_test_loss
     with pytest.raises(ConfigError, match=r"compression\.uplink"):
         small_config('attack.kind="alie"', 'compression.uplink="q8"')
+
+
+def test_an_attacked_run_is_stored_like_any_other(tmp_path):
+    res = run(small_config('attack.kind="sign_flip"', f'run.workspace="{tmp_path}"',
+                           "energy.enabled=false"))
+    assert res.run_id != "unsaved" and res.extra["attack"]["kind"] == "sign_flip"
+
+
+def test_a_non_finite_attack_knob_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"attack\.scale"):
+        small_config('attack.kind="scale"', "attack.scale=nan")

@@ -46,6 +46,8 @@ from typing import Any
 
 import torch
 
+from .aggregate import Stacked
+
 
 def _check(updates: torch.Tensor, weights: torch.Tensor) -> None:
     if updates.dim() != 2 or updates.shape[0] == 0:
@@ -219,9 +221,7 @@ def _clipping_rule(updates: torch.Tensor, weights: torch.Tensor, *, radius: floa
     return centered_clipping(updates, weights, radius=radius)
 
 
-def _stacked(rule: Any) -> Any:
-    from .aggregate import Stacked
-
+def _stacked(rule: Any) -> Stacked:
     return Stacked(rule)
 
 

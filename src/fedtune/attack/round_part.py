@@ -26,8 +26,8 @@ class AttackPart:
     def adapt(self, strategy: Strategy) -> Strategy:
         return strategy
 
-    def init(self) -> dict[str, Any]:
-        return {}
+    def init(self) -> None:
+        return None  # nothing to keep: the attackers follow from the config and the seed
 
     def node_config(self, state: Any) -> dict[str, float | str | int]:
         a = self.a

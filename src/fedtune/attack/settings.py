@@ -34,9 +34,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-KINDS = ("none", "sign_flip", "scale", "noise", "free_rider", "label_flip", "backdoor", "alie",
-         "ipm")
-
 
 class AttackSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,11 +42,11 @@ class AttackSection(BaseModel):
                   "backdoor", "alie", "ipm"] = "none"
     fraction: float = Field(0.2, ge=0, le=1)  # of the sites, a seeded sample
     sites: list[str] = Field(default_factory=list)  # or these sites by name
-    scale: float = 1.0  # sign_flip, scale and backdoor: the factor on the update
+    scale: float = Field(1.0, allow_inf_nan=False)  # sign_flip, scale and backdoor: the factor on the update
     noise_std: float = Field(1.0, gt=0)
     target: int = Field(0, ge=0)  # backdoor: the label triggered inputs get
     trigger_size: int = Field(4, ge=1)
-    trigger_value: float = 3.0
+    trigger_value: float = Field(3.0, allow_inf_nan=False)
     poison_fraction: float = Field(0.5, gt=0, le=1)
     alie_z: float = Field(0.0, ge=0)  # 0: the paper's z_max for the round's size
     ipm_epsilon: float = Field(0.5, gt=0)

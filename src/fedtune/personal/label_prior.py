@@ -26,10 +26,12 @@ from ..errors import MessageError
 
 def head_bias(module: nn.Module) -> torch.Tensor:
     """The bias of the model's last module with parameters (its classifier head)."""
-    owners = [m for m in module.modules()
-              if any(p.requires_grad for p in m.parameters(recurse=False))]
-    bias = getattr(owners[-1], "bias", None) if owners else None
-    if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
+    from .layout import _head
+
+    params = dict(module.named_parameters())
+    names = [n for n in _head(module) if n == "bias" or n.endswith(".bias")]
+    bias = params[names[0]] if names else None
+    if bias is None or bias.dim() != 1:
         raise MessageError("personalization.prior_correction needs a classifier head with a "
                            "bias (the model's last module with parameters); this model's "
                            "has none")
