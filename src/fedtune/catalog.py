@@ -69,6 +69,10 @@ STRATEGIES = LazyRegistry("strategy", {
     "fednova": ("updates normalized by each node's local step count", _S + "fednova"),
     "diloco": ("inner AdamW for H steps, outer SGD lr 0.7 with Nesterov momentum 0.9",
                _S + "diloco"),
+    "qffl": ("q-FFL (q-FedAvg): sites the model serves worst weigh more (fairness.q)",
+             "fedtune.equity.fair_aggregation:qffl"),
+    "afl": ("agnostic FL: the mean under the worst mixture of the sites (fairness.afl_lr)",
+            "fedtune.equity.fair_aggregation:afl"),
 }, config_defaults={
     # Karimireddy et al. 2020 train locally with plain SGD: option II's control update
     # (x - y) / (K lr) is the mean corrected gradient only without momentum, and a momentum

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .attack.settings import AttackSection, check_attack
+from .attack.settings import AttackSection
 from .catalog import (
     AGGREGATOR_NAMES,
     DATASET_NAMES,
@@ -24,6 +24,7 @@ from .catalog import (
     STRATEGY_NAMES,
 )
 from .energy.settings import EnergySection, check_energy
+from .equity.settings import FairnessSection, check_equity
 from .errors import ConfigError
 from .personal.settings import PersonalizationSection, check_personalization, personalization_defaults
 from .privacy.settings import PrivacySection, check_privacy, privacy_defaults
@@ -259,6 +260,7 @@ class RunConfig(Section):
     secagg: SecAggSection = SecAggSection()
     personalization: PersonalizationSection = PersonalizationSection()
     attack: AttackSection = AttackSection()
+    fairness: FairnessSection = FairnessSection()
 
     @model_validator(mode="before")
     @classmethod
@@ -302,10 +304,7 @@ class RunConfig(Section):
         check_privacy(self)
         check_secagg(self)
         check_personalization(self)
-        from .algorithms.robust_check import check_robust
-
-        check_robust(self)
-        check_attack(self)
+        check_equity(self)  # robust aggregators, attacks, fair aggregation
         return self
 
 

@@ -231,6 +231,7 @@ class Coordinator:
         vector: torch.Tensor | Callable[[], torch.Tensor] = \
             update if update is not None else res.update
         for part in self.round_parts:
+            weight = part.weigh(weight, res.aux, self.state.parts[part.name], res.node_id)
             vector = part.receive(vector, res.aux, self.state.parts[part.name], res.node_id)
         if position is None:
             fold.append(vector, weight, float(res.num_steps), dc)

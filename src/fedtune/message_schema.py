@@ -87,7 +87,7 @@ TENSORS: dict[str, dict[str, tuple[torch.dtype | None, int | None]]] = {
                "aux.scaffold_dc": (torch.float32, 1), "aux.dp_clip_bit": (torch.float32, 1),
                "aux.buffers": (torch.float32, 1), "aux.fedex_choice": (torch.float32, 1),
                "aux.fedex_loss": (torch.float32, 1), "aux.fedex_val": (torch.float32, 1),
-               "aux.dp_sample_epsilon": (torch.float64, 1),
+               "aux.dp_sample_epsilon": (torch.float64, 1), "aux.start_loss": (torch.float32, 1),
                "aux.secagg.c_pk": (torch.uint8, 1), "aux.secagg.s_pk": (torch.uint8, 1)},
     "EvalIns": {"params": (torch.float32, 1), "aux.buffers": (torch.float32, 1)},
     "EvalRes": {"meter": (torch.float64, 1)},

@@ -1,8 +1,9 @@
 """Parts of the coordinator's round that keep state and act at its fixed points.
 
 A round part sees the strategy once (:meth:`RoundPart.adapt`), adds keys to what every site
-is told (``node_config``) and tensors to every instruction (``instruction_aux``), sees each
-valid update on its way into the fold (``receive``), changes the finished aggregate
+is told (``node_config``) and tensors to every instruction (``instruction_aux``), sets each
+valid update's weight in the fold (``weigh``: fair aggregation's) and sees the update on its
+way in (``receive``), changes the finished aggregate
 (``release``), closes the round (``after_round``), adds figures to the round's record
 (``round_metrics``), may stop the run before a round (``stop_reason``) and reports at the
 end (``summary``). Its state is a part of the coordinator's state
@@ -33,6 +34,8 @@ class RoundPart(Protocol):
     def init(self) -> Any: ...
     def node_config(self, state: Any) -> Mapping[str, float | bool | str | int]: ...
     def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]: ...
+    def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: Any,
+              node_id: str) -> float: ...
     def receive(self, update: Update, aux: dict[str, torch.Tensor], state: Any,
                 node_id: str) -> Update: ...
     def release(self, delta: torch.Tensor, state: Any, round_: int) -> torch.Tensor: ...
@@ -72,6 +75,10 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any) -> list[RoundPart]
 
         parts.append(AttackPart(cfg, list(runtime.node_ids),
                                 classes=head_bias(bench.flat.module).numel()))
+    if cfg.strategy.name in ("qffl", "afl"):
+        from .equity.fair_aggregation import fair_aggregation_part
+
+        parts.append(fair_aggregation_part(cfg, runtime))
     if cfg.privacy.mode != "off":
         from .privacy.accountant import sampling_for
         from .privacy.client_dp import ClientDP

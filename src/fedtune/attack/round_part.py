@@ -40,6 +40,10 @@ class AttackPart:
     def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]:
         return {}
 
+    def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: Any,
+              node_id: str) -> float:
+        return weight
+
     def receive(self, update: Any, aux: dict[str, torch.Tensor], state: Any,
                 node_id: str) -> Any:
         return update

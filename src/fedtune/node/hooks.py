@@ -97,6 +97,10 @@ def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor],
     from ..personal.node_parts import node_hooks
 
     hooks: list[NodeHook] = node_hooks(instructions, aux, model)
+    if instructions.fair_loss_rows:  # first: the loss of the global model as it came
+        from ..equity.fair_aggregation import StartLoss
+
+        hooks.insert(0, StartLoss(instructions.fair_loss_rows))
     if instructions.dp_sample_clip > 0:
         from ..privacy.site import SampleDP
 

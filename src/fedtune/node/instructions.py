@@ -62,6 +62,8 @@ class NodeInstructions:
     attack_trigger_value: float = 3.0
     attack_poison: float = 0.5
     attack_classes: int = 0
+    # fair aggregation (fedtune.equity): rows the global model's loss is measured on, 0 = off
+    fair_loss_rows: int = 0
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:

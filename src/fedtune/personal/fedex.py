@@ -243,6 +243,10 @@ class FedExTuner:
     def instruction_aux(self, state: FedExState) -> dict[str, torch.Tensor]:
         return {THETA: sampling(state.theta, self.s.tune_explore).float()}
 
+    def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: FedExState,
+              node_id: str) -> float:
+        return weight
+
     def receive(self, update: Any, aux: dict[str, torch.Tensor], state: FedExState,
                 node_id: str) -> Any:
         try:

@@ -60,6 +60,10 @@ class Personalization:
     def instruction_aux(self, state: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return {BUFFERS: state} if state is not None else {}
 
+    def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: Any,
+              node_id: str) -> float:
+        return weight
+
     def receive(self, update: Any, aux: dict[str, torch.Tensor], state: Any,
                 node_id: str) -> Any:
         buffers = aux.get(BUFFERS)

@@ -99,6 +99,10 @@ class ClientDP:
     def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]:
         return {}
 
+    def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: DPState,
+              node_id: str) -> float:
+        return weight
+
     def receive(self, update: Update, aux: dict[str, torch.Tensor], state: DPState,
                 node_id: str) -> Update:
         """One update on its way into the fold: clipped here (central), or counted by the

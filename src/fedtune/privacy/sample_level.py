@@ -39,6 +39,10 @@ class SampleLevelReport:
     def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]:
         return {}
 
+    def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: None,
+              node_id: str) -> float:
+        return weight
+
     def receive(self, update: Update, aux: dict[str, torch.Tensor], state: None,
                 node_id: str) -> Update:
         eps = reported_epsilon(aux)
