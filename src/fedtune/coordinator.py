@@ -83,7 +83,7 @@ class Coordinator:
         self.release_bench = cfg.server.park_model or not runtime.capabilities.shares_workbench
         if self.release_bench:
             bench.flat.release()
-        self.round_parts = round_parts(cfg, runtime, bench)
+        self.round_parts = round_parts(cfg, runtime, bench, lambda: self.state.params)
         for part in self.round_parts:
             strategy = self.strategy = part.adapt(strategy)
         self.state = CoordinatorState(

@@ -57,8 +57,10 @@ def population(runtime: Runtime, what: str) -> int:
     return known
 
 
-def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any) -> list[RoundPart]:
-    """The round parts a config asks for (``bench``: the coordinator's model)."""
+def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
+                params: Callable[[], torch.Tensor] | None = None) -> list[RoundPart]:
+    """The round parts a config asks for (``bench``: the coordinator's model; ``params``:
+    the global parameters, for parts that evaluate sub-models of the round)."""
     from .personal.round_part import personalization_part
 
     parts: list[RoundPart] = []
@@ -95,4 +97,8 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any) -> list[RoundPart]
         from .privacy.sample_level import SampleLevelReport
 
         parts.append(SampleLevelReport(cfg.privacy, cfg.run.rounds))
+    if cfg.fairness.contribution != "off" and params is not None:  # last: sees the final weights
+        from .equity.contribution_part import contribution_part
+
+        parts.append(contribution_part(cfg, runtime, bench, params))
     return parts

@@ -1,26 +1,26 @@
 """The ``[fairness]`` section: fair aggregation's knobs, contribution scores, the bias audit.
 
-=====================  ======================================================================
-``q``                  q-FFL's fairness exponent (``strategy.name = "qffl"``): 0 is FedAvg;
-                       larger q weighs the sites the model serves worst more
-``lipschitz``          q-FFL's Lipschitz estimate L of the loss gradient (0: 1 / local.lr,
-                       as Li et al. 2020 set it)
-``afl_lr``             agnostic FL's step on the mixture weights lambda (``strategy.name =
-                       "afl"``)
-``loss_rows``          rows of its training data a site evaluates the global model on for
-                       the loss both strategies weigh by (the first rows of a seeded shuffle)
-``contribution``       per-site contribution scores each round: ``"off"``, ``"gtg"``
-                       (GTG-Shapley) or ``"loo"`` (leave-one-out)
-``shapley_rounds``     GTG-Shapley's most permutations per round (it stops earlier once the
-                       estimates settle)
-``truncation``         GTG-Shapley's within-permutation truncation: stop a permutation once
-                       the utility is within this much of the full coalition's
-``audit``              the hidden-bias audit after every round (and in the summary)
-``margin_pts``         a site, class or group is flagged when its accuracy is more than this
-                       many points below the mean
-``group_column``       the column of a site's data file that holds a group attribute (own
-                       data only)
-=====================  ======================================================================
+=========================  ==================================================================
+``q``                      q-FFL's fairness exponent (``strategy.name = "qffl"``): 0 is FedAvg;
+                           larger q weighs the sites the model serves worst more
+``lipschitz``              q-FFL's Lipschitz estimate L of the loss gradient (0: 1 / local.lr,
+                           as Li et al. 2020 set it)
+``afl_lr``                 agnostic FL's step on the mixture weights lambda (``strategy.name =
+                           "afl"``)
+``loss_rows``              rows of its training data a site evaluates the global model on for
+                           the loss both strategies weigh by (the first rows of a seeded shuffle)
+``contribution``           per-site contribution scores each round: ``"off"``, ``"gtg"``
+                           (GTG-Shapley) or ``"loo"`` (leave-one-out)
+``shapley_permutations``   GTG-Shapley's most permutations per round (it stops earlier once the
+                           estimates settle)
+``truncation``             GTG-Shapley's truncation, in points: stop a permutation once
+                           the utility is within this much of the full coalition's
+``audit``                  the hidden-bias audit after every round (and in the summary)
+``margin_pts``             a site, class or group is flagged when its accuracy is more than this
+                           many points below the mean
+``group_column``           the column of a site's data file that holds a group attribute (own
+                           data only)
+=========================  ==================================================================
 
 The rules across sections keep fair aggregation to what its weights mean: a synchronous
 round folded by the weighted mean, without client-level DP (whose sensitivity assumes every
@@ -44,8 +44,8 @@ class FairnessSection(BaseModel):
     afl_lr: float = Field(0.1, gt=0, allow_inf_nan=False)
     loss_rows: int = Field(1024, ge=1)
     contribution: Literal["off", "gtg", "loo"] = "off"
-    shapley_rounds: int = Field(50, ge=1)
-    truncation: float = Field(0.001, ge=0)
+    shapley_permutations: int = Field(50, ge=1)
+    truncation: float = Field(0.1, ge=0)  # points of accuracy
     audit: bool = False
     margin_pts: float = Field(10.0, ge=0)
     group_column: str = ""
@@ -59,7 +59,11 @@ def check_equity(cfg: Any) -> None:
 
     check_robust(cfg)
     check_attack(cfg)
-    s = cfg.strategy
+    s, f = cfg.strategy, cfg.fairness
+    if f.contribution != "off" and (cfg.privacy.mode != "off" or s.mode == "secagg"):
+        raise ValueError(f"fairness.contribution = \"{f.contribution}\" scores single sites' "
+                         "updates, which secure aggregation hides and client-level DP does not "
+                         "cover; set fairness.contribution = \"off\" for private runs")
     if s.name not in FAIR_STRATEGIES:
         return
     if s.mode != "sync":
