@@ -13,9 +13,15 @@ Summary per task: ``worst_untargeted_drop_pts`` (for each untargeted attack the 
 defence's drop below the plain mean's clean accuracy, then the worst over attacks),
 ``backdoor_asr_defended`` (norm bounding's), ``robust_agg_time_ratio`` (the slower of
 Multi-Krum and the geometric median over the plain mean, aggregating 100 updates of 1 M
-float32 parameters, best of 3, measured here). q-FFL is not built yet: its keys are absent.
+float32 parameters, best of 3, measured here).
+
+Fair aggregation, without attack, on the same 20 sites: one row per strategy (fedavg, q-FFL
+with q = 3 and L = 0.01, agnostic FL with lambda step 0.01) with the sites' accuracy of the
+global model (mean, worst, bottom 10 %, Jain); the summary's ``qffl_worst_gain_pts`` is
+q-FFL's worst site minus FedAvg's, ``qffl_mean_cost_pts`` FedAvg's mean site accuracy minus
+q-FFL's (the afl_* keys the same for AFL).
 Goals: worst_untargeted_drop_pts <= 2, backdoor_asr_defended < 0.05,
-robust_agg_time_ratio <= 5.
+robust_agg_time_ratio <= 5, qffl_worst_gain_pts >= 3 with qffl_mean_cost_pts <= 1.
 Usage: python bench/robustness.py [--tasks digits,mnist1d] [--rounds 30]
 """
 
@@ -61,6 +67,10 @@ DEFENCES: dict[str, list[str]] = {
     "norm_bound": ['strategy.aggregator="norm_bound"'],
 }
 UNTARGETED = [a for a in ATTACKS if a != "backdoor"]
+FAIR: dict[str, list[str]] = {
+    "qffl": ['strategy.name="qffl"', "fairness.q=3", "fairness.lipschitz=0.01"],
+    "afl": ['strategy.name="afl"', "fairness.afl_lr=0.01"],
+}
 
 
 def _run(task: str, rounds: int, extra: list[str]) -> tuple[Any, float]:
@@ -91,12 +101,37 @@ def aggregation_time_ratio(k: int = 100, d: int = 1_000_000) -> dict[str, float]
             "geometric_median_ratio": gm_s / mean_s, "bare_gram_ratio": gram_s / mean_s}
 
 
+def _fair_row(task: str, strategy: str, result: Any, wall: float) -> dict[str, Any]:
+    f = result.fairness_global
+    return {"task": task, "fair": True, "strategy": strategy,
+            "test_acc": result.final_test_accuracy, "site_mean_acc": f.mean,
+            "site_worst_acc": f.worst, "site_bottom10_acc": f.bottom10_mean,
+            "jain": f.jain_index, "wall_s": round(wall, 2)}
+
+
+def fair_rows(task: str, rounds: int, fedavg: Any, wall: float, emit: Any) -> dict[str, float]:
+    """FedAvg's clean run against q-FFL and AFL: the summary's fairness keys."""
+    emit(_fair_row(task, "fedavg", fedavg, wall))
+    out: dict[str, float] = {}
+    base = fedavg.fairness_global
+    for name, extra in FAIR.items():
+        result, seconds = _run(task, rounds, extra)
+        emit(_fair_row(task, name, result, seconds))
+        f = result.fairness_global
+        out[f"{name}_worst_gain_pts"] = 100 * (f.worst - base.worst)
+        out[f"{name}_mean_cost_pts"] = 100 * (base.mean - f.mean)
+    return out
+
+
 def bench_task(task: str, rounds: int, emit: Any, times: dict[str, float]) -> None:
     clean: dict[str, float] = {}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    fair: dict[str, float] = {}
     for defence, dextra in DEFENCES.items():
         result, wall = _run(task, rounds, dextra)
         clean[defence] = result.final_test_accuracy
+        if defence == "mean":
+            fair = fair_rows(task, rounds, result, wall, emit)
         emit({"task": task, "attack": "none", "defence": defence, "clean_acc": clean[defence],
               "attacked_acc": clean[defence], "backdoor_asr": None, "wall_s": round(wall, 2)})
         for attack, aextra in ATTACKS.items():
@@ -115,18 +150,26 @@ def bench_task(task: str, rounds: int, emit: Any, times: dict[str, float]) -> No
           "backdoor_asr_defended": rows["backdoor", "norm_bound"]["backdoor_asr"],
           "backdoor_asr_undefended": rows["backdoor", "mean"]["backdoor_asr"],
           "robust_agg_time_ratio": max(times["multi_krum_ratio"],
-                                       times["geometric_median_ratio"])})
+                                       times["geometric_median_ratio"]), **fair})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="digits,mnist1d")
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--fair-only", action="store_true",
+                        help="only the fair-aggregation rows (no attacks, no summary row)")
     args = parser.parse_args()
 
     def emit(row: dict[str, Any]) -> None:
         print(json.dumps(row), flush=True)
 
+    if args.fair_only:
+        for task in [t for t in args.tasks.split(",") if t]:
+            fedavg, wall = _run(task, args.rounds, [])
+            emit({"task": task, "fair_summary": True,
+                  **fair_rows(task, args.rounds, fedavg, wall, emit)})
+        return
     times = aggregation_time_ratio()
     emit({"aggregation_time": True, **times})
     for task in [t for t in args.tasks.split(",") if t]:

@@ -3,8 +3,10 @@
 =========================  ==================================================================
 ``q``                      q-FFL's fairness exponent (``strategy.name = "qffl"``): 0 is FedAvg;
                            larger q weighs the sites the model serves worst more
-``lipschitz``              q-FFL's Lipschitz estimate L of the loss gradient (0: 1 / local.lr,
-                           as Li et al. 2020 set it)
+``lipschitz``              q-FFL's Lipschitz estimate L of the loss gradient; it damps the step
+                           by 1 / (1 + q L |u|^2 / F). 0: 1 / local.lr, as Li et al. 2020 set
+                           it, which with fedtune's local epochs of momentum SGD shrank the
+                           step about 20x (README, fairness)
 ``afl_lr``                 agnostic FL's step on the mixture weights lambda (``strategy.name =
                            "afl"``)
 ``loss_rows``              rows of its training data a site evaluates the global model on for
@@ -40,7 +42,7 @@ class FairnessSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     q: float = Field(1.0, ge=0, le=50)
-    lipschitz: float = Field(0.0, ge=0, allow_inf_nan=False)
+    lipschitz: float = Field(0.01, ge=0, allow_inf_nan=False)
     afl_lr: float = Field(0.1, gt=0, allow_inf_nan=False)
     loss_rows: int = Field(1024, ge=1)
     contribution: Literal["off", "gtg", "loo"] = "off"
