@@ -301,10 +301,12 @@ def show(run_id: Annotated[str, typer.Argument(help="run id, unique prefix, or '
         return
     result = data["result"]
     if result and "error" not in result:
+        from .equity.summary import latest_bias_audit
         from .privacy.audit_store import latest_overall, stored_audits
         from .report.summary import stored_summary
 
-        summary = stored_summary(data, latest_overall(stored_audits(store, data["run_id"])))
+        summary = stored_summary(data, latest_overall(stored_audits(store, data["run_id"])),
+                                 latest_bias_audit(store, data["run_id"]))
         out.print(summary_table(summary, title=f"run {data['run_id']} ({data['name']})"))
         return
     table = Table(title=f"run {data['run_id']} ({data['name']}): {data['status']}")

@@ -97,6 +97,10 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
         from .privacy.sample_level import SampleLevelReport
 
         parts.append(SampleLevelReport(cfg.privacy, cfg.run.rounds))
+    if cfg.fairness.audit and params is not None:
+        from .equity.bias_part import bias_part
+
+        parts.append(bias_part(cfg, runtime, bench, params))
     if cfg.fairness.contribution != "off" and params is not None:  # last: sees the final weights
         from .equity.contribution_part import contribution_part
 

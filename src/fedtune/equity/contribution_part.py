@@ -63,7 +63,7 @@ class ContributionPart:
     truncation: float = 0.1
     seed: int = 0
     name: str = "contribution"
-    _round: dict[str, tuple[Update, float]] = field(default_factory=dict, repr=False)
+    _round: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.index = {s: i for i, s in enumerate(self.sites)}
@@ -153,7 +153,7 @@ class ContributionPart:
         """Per site: the total over the run, the rounds scored, and every round's score."""
         scored = ~torch.isnan(state.scores)
         totals = torch.where(scored, state.scores, torch.zeros_like(state.scores)).sum(0)
-        per_site = {}
+        per_site: dict[str, dict[str, Any]] = {}
         for s, i in self.index.items():
             column = state.scores[:, i].tolist()
             per_site[s] = {"total": float(totals[i]), "rounds": int(scored[:, i].sum()),

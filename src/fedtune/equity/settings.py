@@ -20,8 +20,9 @@
 ``audit``                  the hidden-bias audit after every round (and in the summary)
 ``margin_pts``             a site, class or group is flagged when its accuracy is more than this
                            many points below the mean
-``group_column``           the column of a site's data file that holds a group attribute (own
-                           data only)
+``group_feature``          the index of the input feature that holds a group attribute (-1:
+                           none); its values are the groups (low / high around the median
+                           when it has more than 10)
 =========================  ==================================================================
 
 The rules across sections keep fair aggregation to what its weights mean: a synchronous
@@ -50,7 +51,7 @@ class FairnessSection(BaseModel):
     truncation: float = Field(0.1, ge=0)  # points of accuracy
     audit: bool = False
     margin_pts: float = Field(10.0, ge=0)
-    group_column: str = ""
+    group_feature: int = Field(-1, ge=-1)
 
 
 def check_equity(cfg: Any) -> None:

@@ -80,10 +80,23 @@ def audit(
     max_sites: Annotated[int, typer.Option(help="attack at most this many sites (sampled)")
                          ] = 100,
     output: Annotated[str, typer.Option(help="table or json")] = "table",
+    bias: Annotated[bool, typer.Option("--bias", help="the hidden-bias audit instead: "
+                                       "accuracy gaps, parity and odds differences per site, "
+                                       "class and group")] = False,
+    margin: Annotated[float | None, typer.Option(help="--bias: flag what falls this many "
+                                                 "points below the mean (default: the run's "
+                                                 "fairness.margin_pts)")] = None,
 ) -> None:
     """Membership-inference audit of a finished run's global model: per site, how well a
-    loss-threshold and a calibrated attack tell its training examples from held-out ones."""
+    loss-threshold and a calibrated attack tell its training examples from held-out ones
+    (with --bias: the hidden-bias audit)."""
     from ..store import existing_store
+
+    if bias:
+        from ..equity.bias_cli import bias_audit
+
+        bias_audit(run_id, workspace, margin, output)
+        return
     from .audit import audit_run
     from .audit_store import save_audit
 

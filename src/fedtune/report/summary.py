@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ..equity.summary import equity_lines, equity_summary
 from ..types import RunResult
 
 
@@ -45,14 +46,15 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "stopped": result.extra.get("stopped", ""),
         "plan": result.extra.get("plan"), "energy_split": result.extra.get("energy_split"),
         "personal": result.extra.get("personal"),
+        "equity": equity_summary(result.extra),
     })
     return summary
 
 
-def stored_summary(data: dict[str, Any],
-                   audit: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def stored_summary(data: dict[str, Any], audit: dict[str, dict[str, Any]] | None = None,
+                   bias: dict[str, Any] | None = None) -> dict[str, Any]:
     """A :func:`result_summary` of a stored run (``RunStore.load_run``), with its latest
-    privacy audit when there is one."""
+    privacy audit and bias audit when there are."""
     result = data["result"]
     extra = result.get("extra", {})
     summary: dict[str, Any] = _clean({
@@ -65,7 +67,8 @@ def stored_summary(data: dict[str, Any],
         "baselines": extra.get("baselines", {}), "privacy": extra.get("privacy"),
         "sample_privacy": extra.get("sample_privacy"), "stopped": extra.get("stopped", ""),
         "plan": extra.get("plan"), "energy_split": extra.get("energy_split"),
-        "personal": extra.get("personal"), "audit": audit or {}})
+        "personal": extra.get("personal"), "audit": audit or {},
+        "equity": equity_summary(extra, bias)})
     return summary
 
 
@@ -121,6 +124,8 @@ def summary_table(summary: dict[str, Any], title: str = "fedtune run") -> Table:
         table.add_row(f"membership audit ({attack})",
                       f"AUC {row['auc']:.4f}, TPR at 1 % FPR {row['tpr_at_1pct_fpr']:.4f} "
                       f"({row['members']} members, {row['nonmembers']} held out)")
+    for what, line in equity_lines(summary.get("equity")):
+        table.add_row(what, line)
     if summary.get("stopped"):
         table.add_row("stopped early", summary["stopped"])
     table.add_row("bytes", f"down {_mb(summary['bytes_down'])}, up {_mb(summary['bytes_up'])}")

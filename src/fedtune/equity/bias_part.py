@@ -1,0 +1,139 @@
+"""The hidden-bias audit (:mod:`fedtune.equity.bias_audit`) after every round
+(``fairness.audit = true``), as a round part, and on a stored run (``fedtune audit RUN
+--bias``).
+
+After each round's step the part audits the new global model on every site's test split and
+keeps the round's headline figures (the sites' accuracy gap, parity and odds differences, the
+classes' gap, the flags) in its state, so a resumed run keeps the trend; the run's summary
+holds the full audit of the final model. The sites' test data is read where the coordinator
+holds it (simulation and Ray: the same data the final per-site evaluation uses); a run whose
+sites join over gRPC cannot be audited this way and is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..algorithms.strategy import Strategy
+from .bias_audit import audit_model, headline
+
+HEADLINE = ("site_gap_pts", "site_parity_diff", "site_odds_diff", "class_gap_pts", "flags")
+
+
+@dataclass
+class BiasState:
+    """Each round's headline figures (rounds x :data:`HEADLINE`, NaN: not audited yet)."""
+
+    history: torch.Tensor
+    audited: int = 0
+
+
+@dataclass
+class BiasAuditPart:
+    """Audits the global model after every round."""
+
+    sites: list[str]
+    rounds: int
+    bench: Any
+    params: Callable[[], torch.Tensor]
+    margin_pts: float
+    group_feature: int = -1
+    name: str = "bias"
+
+    def adapt(self, strategy: Strategy) -> Strategy:
+        return strategy
+
+    def init(self) -> BiasState:
+        return BiasState(torch.full((self.rounds, len(HEADLINE)), math.nan,
+                                    dtype=torch.float64))
+
+    def node_config(self, state: BiasState) -> dict[str, int]:
+        return {}
+
+    def instruction_aux(self, state: BiasState) -> dict[str, torch.Tensor]:
+        return {}
+
+    def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: BiasState,
+              node_id: str) -> float:
+        return weight
+
+    def receive(self, update: Any, aux: dict[str, torch.Tensor], state: BiasState,
+                node_id: str) -> Any:
+        return update
+
+    def release(self, delta: torch.Tensor, state: BiasState, round_: int) -> torch.Tensor:
+        return delta
+
+    def audit(self) -> dict[str, Any]:
+        """The audit of the current global model."""
+        flat = self.bench.flat
+        flat.load_(self.params(), with_grad=False)
+        return audit_model(flat.module, self.bench.task.data.nodes, self.sites,
+                           margin_pts=self.margin_pts, group_feature=self.group_feature)
+
+    def after_round(self, state: BiasState) -> None:
+        figures = headline(self.audit())
+        if state.audited < self.rounds:
+            state.history[state.audited] = torch.tensor([figures[k] for k in HEADLINE],
+                                                        dtype=torch.float64)
+        state.audited += 1
+
+    def round_metrics(self, state: BiasState) -> dict[str, float]:
+        return {}
+
+    def stop_reason(self, round_: int, state: BiasState) -> str | None:
+        return None
+
+    def summary(self, state: BiasState) -> dict[str, Any]:
+        report = self.audit()
+        report["per_round"] = [
+            {k: (None if math.isnan(v) else v) for k, v in zip(HEADLINE, row, strict=True)}
+            for row in state.history[:state.audited].tolist()]
+        return report
+
+
+def bias_part(cfg: Any, runtime: Any, bench: Any,
+              params: Callable[[], torch.Tensor]) -> BiasAuditPart:
+    from ..errors import ConfigError
+
+    if runtime.capabilities.nodes_join:
+        raise ConfigError("fairness.audit reads the sites' test data where the coordinator "
+                          "holds it (fedtune run: simulation or Ray); over gRPC, audit a "
+                          "simulated copy of the federation")
+    f = cfg.fairness
+    return BiasAuditPart(sorted(runtime.node_ids), cfg.run.rounds, bench, params,
+                         f.margin_pts, f.group_feature)
+
+
+def audit_stored_run(data: dict[str, Any], *, margin_pts: float | None = None,
+                     group_feature: int | None = None) -> dict[str, Any]:
+    """The bias audit of a stored run's last checkpoint (``RunStore.load_run``), on the test
+    splits of the sites its config makes."""
+    from safetensors.torch import load_file
+
+    from ..config import config_from_dict
+    from ..errors import StoreError
+    from ..params import FlatModel
+    from ..tasks import build_task
+
+    if not data["checkpoints"]:
+        raise StoreError(f"run {data['run_id']} has no checkpoint of its model to audit; run "
+                         "it with run.checkpoint_every > 0")
+    cfg = config_from_dict(data["config"])
+    f = cfg.fairness
+    task = build_task(cfg)
+    model = FlatModel(task.model_factory(), torch.device("cpu"))
+    saved = load_file(data["checkpoints"][-1]["path"])
+    model.load_(torch.cat([saved[name].flatten() for name in model.spec.names]))
+    report = audit_model(model.module, task.data.nodes, list(task.data.nodes.ids),
+                         margin_pts=f.margin_pts if margin_pts is None else margin_pts,
+                         group_feature=f.group_feature if group_feature is None
+                         else group_feature)
+    report["run_id"] = data["run_id"]
+    report["checkpoint_round"] = data["checkpoints"][-1].get("round")
+    return report
