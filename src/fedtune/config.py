@@ -24,7 +24,7 @@ from .catalog import (
     STRATEGY_NAMES,
 )
 from .energy.settings import EnergySection, check_energy
-from .equity.settings import FairnessSection, check_equity
+from .equity.settings import FairnessSection, ScreeningSection, check_equity
 from .errors import ConfigError
 from .personal.settings import PersonalizationSection, check_personalization, personalization_defaults
 from .privacy.settings import PrivacySection, check_privacy, privacy_defaults
@@ -261,6 +261,7 @@ class RunConfig(Section):
     personalization: PersonalizationSection = PersonalizationSection()
     attack: AttackSection = AttackSection()
     fairness: FairnessSection = FairnessSection()
+    screening: ScreeningSection = ScreeningSection()
 
     @model_validator(mode="before")
     @classmethod

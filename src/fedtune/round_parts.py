@@ -57,6 +57,18 @@ def population(runtime: Runtime, what: str) -> int:
     return known
 
 
+def site_names(runtime: Runtime, what: str) -> list[str]:
+    """Every site that can take part, by name: those registered (simulations), or those
+    holding a token (gRPC)."""
+    if not runtime.capabilities.nodes_join:
+        return sorted(runtime.node_ids)
+    tokens = getattr(runtime, "tokens", None)
+    if not isinstance(tokens, dict):
+        raise ConfigError(f"{what} keeps a figure per site and needs every site's name: list "
+                          "every site's token in server.tokens")
+    return sorted(tokens)
+
+
 def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
                 params: Callable[[], torch.Tensor] | None = None) -> list[RoundPart]:
     """The round parts a config asks for (``bench``: the coordinator's model; ``params``:
@@ -101,6 +113,10 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
         from .equity.bias_part import bias_part
 
         parts.append(bias_part(cfg, runtime, bench, params))
+    if cfg.screening.enabled:
+        from .equity.screening_part import ScreeningPart
+
+        parts.append(ScreeningPart(cfg.screening, site_names(runtime, "screening")))
     if cfg.fairness.contribution != "off" and params is not None:  # last: sees the final weights
         from .equity.contribution_part import contribution_part
 

@@ -1,4 +1,5 @@
-"""The ``[fairness]`` section: fair aggregation's knobs, contribution scores, the bias audit.
+"""The ``[fairness]`` section (fair aggregation, contribution scores, the bias audit) and the
+``[screening]`` section (outlier updates and reputations).
 
 =========================  ==================================================================
 ``q``                      q-FFL's fairness exponent (``strategy.name = "qffl"``): 0 is FedAvg;
@@ -54,6 +55,20 @@ class FairnessSection(BaseModel):
     group_feature: int = Field(-1, ge=-1)
 
 
+class ScreeningSection(BaseModel):
+    """``[screening]``: drop outlier updates before they are aggregated (with the reason
+    logged) and keep a reputation per site across rounds (:mod:`fedtune.algorithms.screening`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    norm_mads: float = Field(3.0, gt=0)  # robust std above the round's median norm
+    cosine_min: float = Field(0.0, ge=-1, le=1)  # to the round's median update
+    decay: float = Field(0.9, gt=0, le=1)  # of a site's counts per round
+    reputation_min: float = Field(0.3, ge=0, lt=1)  # below it a site's updates are left out
+    weigh_by_reputation: bool = True
+
+
 def check_equity(cfg: Any) -> None:
     """Rules across sections (cfg: the RunConfig) for robust aggregation, simulated attacks
     and fair aggregation."""
@@ -63,6 +78,12 @@ def check_equity(cfg: Any) -> None:
     check_robust(cfg)
     check_attack(cfg)
     s, f = cfg.strategy, cfg.fairness
+    if cfg.screening.enabled and (cfg.privacy.mode != "off" or s.mode != "sync"
+                                  or s.name in FAIR_STRATEGIES or s.name == "fednova"):
+        raise ValueError("screening.enabled needs a synchronous round (strategy.mode = "
+                         "\"sync\"; secure aggregation hides single updates) without "
+                         "client-level DP, q-FFL, AFL or FedNova, whose weights it would "
+                         "change; set screening.enabled = false or change those")
     if f.contribution != "off" and (cfg.privacy.mode != "off" or s.mode == "secagg"):
         raise ValueError(f"fairness.contribution = \"{f.contribution}\" scores single sites' "
                          "updates, which secure aggregation hides and client-level DP does not "
