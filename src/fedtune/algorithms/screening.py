@@ -4,11 +4,11 @@
 or None: an update whose L2 norm lies more than ``norm_mads`` robust standard deviations
 (1.4826 x the median absolute deviation of the round's norms, and at least 10 % of the
 median: honest norms that agree closely make no outlier of one 30 % above them at 3) above
-the median norm (a boosted or noise update), or whose cosine similarity to the
-coordinate-wise median update is below ``cosine_min`` (a sign flip, a model pulled the other way). Both statistics are
-medians, so fewer than half of the updates cannot move them: the screen tolerates up to
-half minus one attackers, needs every update of the round (not the streaming sum), and sees
-single updates, so it cannot run under secure aggregation.
+the median norm (a boosted or noise update), or whose cosine similarity to the coordinate-
+wise median update is below ``cosine_min`` (a sign flip, a model pulled the other way). Both
+statistics are medians, so fewer than half of the updates cannot move them: the screen
+tolerates up to half minus one attackers, needs every update of the round (not the streaming
+sum), and sees single updates, so it cannot run under secure aggregation.
 
 :func:`reputation` is the beta reputation of a site from its accepted and screened rounds,
 each count decayed by ``decay`` per round so that a site can recover: (a + 1) / (a + b + 2).
