@@ -7,7 +7,8 @@ test inputs, not of the target class, that the final model puts in the target cl
 Attacks: sign flip (x4), scaling (x10), Gaussian noise (std 1), label flipping, ALIE (the
 paper's z_max), IPM (epsilon 0.5), free riding, a backdoor (x5 boosted). Defences: the plain
 mean, coordinate median, trimmed mean (0.2), Multi-Krum and Bulyan (f = 4), geometric median,
-centered clipping, norm bounding (both adaptive: the round's median update norm).
+centered clipping, norm bounding (both adaptive: the round's median update norm), and
+screening with reputations (``[screening]`` defaults) before the plain mean.
 
 Summary per task: ``worst_untargeted_drop_pts`` (for each untargeted attack the best
 defence's drop below the plain mean's clean accuracy, then the worst over attacks),
@@ -65,6 +66,7 @@ DEFENCES: dict[str, list[str]] = {
     "geometric_median": ['strategy.aggregator="geometric_median"'],
     "centered_clipping": ['strategy.aggregator="centered_clipping"'],
     "norm_bound": ['strategy.aggregator="norm_bound"'],
+    "screening": ["screening.enabled=true"],
 }
 UNTARGETED = [a for a in ATTACKS if a != "backdoor"]
 FAIR: dict[str, list[str]] = {
@@ -149,6 +151,7 @@ def bench_task(task: str, rounds: int, emit: Any, times: dict[str, float]) -> No
           "best_defence_drop_by_attack_pts": drops,
           "backdoor_asr_defended": rows["backdoor", "norm_bound"]["backdoor_asr"],
           "backdoor_asr_undefended": rows["backdoor", "mean"]["backdoor_asr"],
+          "backdoor_asr_best": min((rows["backdoor", d]["backdoor_asr"], d) for d in DEFENCES),
           "robust_agg_time_ratio": max(times["multi_krum_ratio"],
                                        times["geometric_median_ratio"]), **fair})
 

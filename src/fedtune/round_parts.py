@@ -113,6 +113,17 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
         from .equity.bias_part import bias_part
 
         parts.append(bias_part(cfg, runtime, bench, params))
+    f = cfg.fairness
+    if f.site_steps or f.site_uplink or f.site_link_mbps:
+        from .equity.low_resource import ResourcePart
+
+        known = set(site_names(runtime, "fairness.site_*"))
+        for key in ("site_steps", "site_uplink", "site_link_mbps"):
+            unknown = sorted(set(getattr(f, key)) - known)
+            if unknown:
+                raise ConfigError(f"fairness.{key} names {unknown[0]!r}, which is not a site; "
+                                  f"sites: {', '.join(sorted(known)[:5])}")
+        parts.append(ResourcePart(f.site_steps, f.site_uplink, f.site_link_mbps))
     if cfg.screening.enabled:
         from .equity.screening_part import ScreeningPart
 

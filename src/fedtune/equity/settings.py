@@ -21,6 +21,10 @@
 ``audit``                  the hidden-bias audit after every round (and in the summary)
 ``margin_pts``             a site, class or group is flagged when its accuracy is more than this
                            many points below the mean
+``site_steps``             a compute budget per site: ``{"node-3" = 5}`` trains node-3 at most
+                           5 local steps a round (partial work normalised as FedNova does)
+``site_uplink``            a compression setting per site, in place of compression.uplink
+``site_link_mbps``         a link speed per site: its upload time in the report
 ``group_feature``          the index of the input feature that holds a group attribute (-1:
                            none); its values are the groups (low / high around the median
                            when it has more than 10)
@@ -33,9 +37,9 @@ update weighs the same) or secure aggregation (which hides the single losses' up
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FAIR_STRATEGIES = ("qffl", "afl")
 
@@ -53,6 +57,20 @@ class FairnessSection(BaseModel):
     audit: bool = False
     margin_pts: float = Field(10.0, ge=0)
     group_feature: int = Field(-1, ge=-1)
+    # low-resource sites (fedtune.equity.low_resource): site -> steps, compression, Mbps
+    site_steps: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    site_uplink: dict[str, str] = Field(default_factory=dict)
+    site_link_mbps: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict)
+
+    @field_validator("site_uplink")
+    @classmethod
+    def _uplinks(cls, v: dict[str, str]) -> dict[str, str]:
+        from ..algorithms.compression import CompressionSpec
+
+        for spec in v.values():
+            CompressionSpec.parse(spec)
+        return v
 
 
 class ScreeningSection(BaseModel):
@@ -88,6 +106,9 @@ def check_equity(cfg: Any) -> None:
         raise ValueError(f"fairness.contribution = \"{f.contribution}\" scores single sites' "
                          "updates, which secure aggregation hides and client-level DP does not "
                          "cover; set fairness.contribution = \"off\" for private runs")
+    if (f.site_uplink or f.site_steps) and s.mode == "secagg":
+        raise ValueError("fairness.site_uplink and fairness.site_steps change single sites' "
+                         "updates, which secure aggregation sums masked; leave them empty")
     if s.name not in FAIR_STRATEGIES:
         return
     if s.mode != "sync":

@@ -91,9 +91,10 @@ class UplinkTransforms:
 
 
 def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor],
-              model: Any = None) -> list[NodeHook]:
+              model: Any = None, node_id: str = "") -> list[NodeHook]:
     """The hooks one round runs, in order, from its instructions (and, for what a site
-    keeps of its own, the layout of its ``model``)."""
+    keeps of its own, the layout of its ``model``; for what a site was told by name, its
+    ``node_id``)."""
     from ..personal.node_parts import node_hooks
 
     hooks: list[NodeHook] = node_hooks(instructions, aux, model)
@@ -125,8 +126,16 @@ def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor],
 
         hooks.append(SecAggInput(Ring(instructions.secagg_bits, instructions.secagg_clip,
                                       instructions.secagg_summands)))
-    if instructions.uplink:
+    budget = None
+    if instructions.site_steps or instructions.site_uplink:  # a low-resource site's own
+        from ..equity.low_resource import SiteBudget
+
+        budget = SiteBudget(node_id, instructions.site_steps, instructions.site_uplink,
+                            error_feedback=instructions.error_feedback, block=instructions.block)
+    if instructions.uplink and not (budget is not None and budget.compresses):
         hooks.append(UplinkTransforms(uplink_chain(
             instructions.uplink, error_feedback=instructions.error_feedback,
             block=instructions.block)))
+    if budget is not None:  # last: caps the plan others set, compresses what others made
+        hooks.append(budget)
     return hooks

@@ -158,7 +158,7 @@ class Node:
         that round, so nothing is applied twice and the answer is the same."""
         wall0, cpu0, token = time.perf_counter(), time.process_time(), self.meter.start()
         instructions = NodeInstructions.from_config(ins.config)
-        hooks = hooks_for(instructions, ins.aux, bench.flat)
+        hooks = hooks_for(instructions, ins.aux, bench.flat, self.node_id)
         self._roll_back(ins.round, [key for hook in hooks for key in hook.mutable])
         flat, plan = bench.flat, instructions.plan
         if ins.encoding:  # a compressed broadcast: train from what it decodes to

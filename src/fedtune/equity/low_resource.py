@@ -1,0 +1,123 @@
+"""Low-resource sites: a compute budget, a link speed and a compression setting per site
+(``fairness.site_steps``, ``fairness.site_link_mbps``, ``fairness.site_uplink``), so a
+small clinic's laptop on a slow line takes part without holding up the round.
+
+A site with a step budget trains at most that many local steps in a round (fewer than the
+round's plan asks of the others); a site with its own uplink compresses its update with it
+(error feedback per ``compression.error_feedback``) in place of ``compression.uplink``.
+Partial work is normalised as FedNova does (Wang et al. 2020): when any site has a budget the
+round part turns on the strategy's step normalisation, so a site that took 5 steps is not
+outweighed by one that took 50 for the same data, nor does it drag the aggregate toward its
+shorter trajectory. The declared link speed prices each site's upload in seconds in the
+report (bytes up x 8 / speed), beside its contribution and its steps.
+
+The declarations travel to every site as two instruction strings (``site=value`` pairs);
+each site reads its own entry (:class:`SiteBudget`, a node hook), so one broadcast
+instruction serves every site.
+
+References:
+    Wang, Liu, Liang, Joshi & Poor 2020, "Tackling the Objective Inconsistency Problem in
+    Heterogeneous Federated Optimization" (FedNova). Li et al. 2020, "Federated Optimization
+    in Heterogeneous Networks" (partial work, FedProx's gamma-inexact solutions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from ..algorithms.strategy import Strategy
+from ..algorithms.transforms import uplink_chain
+from ..node.context import FitContext
+from ..node.hooks import UplinkTransforms
+
+
+def encode(entries: dict[str, Any]) -> str:
+    """``{"node-3": 5}`` as ``"node-3=5"`` pairs joined by ``,``, sorted by site."""
+    return ",".join(f"{site}={value}" for site, value in sorted(entries.items()))
+
+
+def entry(text: str, node_id: str) -> str | None:
+    """This site's value in an :func:`encode` string, or None."""
+    for pair in text.split(",") if text else []:
+        site, _, value = pair.partition("=")
+        if site == node_id:
+            return value
+    return None
+
+
+class SiteBudget:
+    """A site's own step budget and uplink compression (the node part)."""
+
+    mutable: tuple[str, ...] = ("uplink",)
+
+    def __init__(self, node_id: str, steps: str, uplink: str, *, error_feedback: bool,
+                 block: int) -> None:
+        budget = entry(steps, node_id)
+        self.budget = int(budget) if budget else 0
+        own = entry(uplink, node_id)
+        self.uplink = UplinkTransforms(uplink_chain(own, error_feedback=error_feedback,
+                                                    block=block)) if own else None
+
+    @property
+    def compresses(self) -> bool:
+        return self.uplink is not None
+
+    def before_fit(self, ctx: FitContext) -> None:
+        plan = ctx.plan or ctx.instructions.plan
+        if self.budget and plan.num_steps(ctx.num_train) > self.budget:
+            ctx.plan = replace(plan, steps=self.budget)
+
+    def after_fit(self, ctx: FitContext) -> None:
+        if self.uplink is not None:
+            self.uplink.after_fit(ctx)
+
+
+@dataclass
+class ResourcePart:
+    """The coordinator's part: tells the sites their budgets, normalises partial work."""
+
+    steps: dict[str, int]
+    uplink: dict[str, str]
+    link_mbps: dict[str, float]
+    name: str = "resources"
+
+    def adapt(self, strategy: Strategy) -> Strategy:
+        return replace(strategy, normalize_by_steps=True) if self.steps else strategy
+
+    def init(self) -> None:
+        return None
+
+    def node_config(self, state: None) -> dict[str, str]:
+        return {"site_steps": encode(self.steps), "site_uplink": encode(self.uplink)}
+
+    def instruction_aux(self, state: None) -> dict[str, torch.Tensor]:
+        return {}
+
+    def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: None,
+              node_id: str) -> float:
+        return weight
+
+    def receive(self, update: Any, aux: dict[str, torch.Tensor], state: None,
+                node_id: str) -> Any:
+        return update
+
+    def release(self, delta: torch.Tensor, state: None, round_: int) -> torch.Tensor:
+        return delta
+
+    def after_round(self, state: None) -> None:
+        return None
+
+    def round_metrics(self, state: None) -> dict[str, float]:
+        return {}
+
+    def stop_reason(self, round_: int, state: None) -> str | None:
+        return None
+
+    def summary(self, state: None) -> dict[str, Any]:
+        sites = sorted(set(self.steps) | set(self.uplink) | set(self.link_mbps))
+        return {"sites": {s: {"steps": self.steps.get(s), "uplink": self.uplink.get(s),
+                              "link_mbps": self.link_mbps.get(s)} for s in sites},
+                "normalized_by_steps": bool(self.steps)}
