@@ -133,3 +133,24 @@ def test_a_personalized_run_draws_its_panels(tmp_path) -> None:
     assert {"personal_sites", "personal_rounds", "new_sites"} <= set(drawn)
     assert all(n > 0 for n in drawn.values()), drawn
     assert "personal models (fedper)" in out.read_text()
+
+
+def test_an_equity_run_draws_its_panels(tmp_path) -> None:
+    ws = tmp_path / "ws"
+    first = run(small_config("run.rounds=3", "data.num_nodes=5", 'strategy.name="afl"',
+                     'fairness.contribution="loo"', "fairness.audit=true",
+                     'fairness.site_steps={"node-2" = 1}',
+                     'fairness.site_link_mbps={"node-2" = 0.5}', 'attack.kind="free_rider"',
+                     'attack.sites=["node-4"]', "energy.enabled=false",
+                     f'run.workspace="{ws}"')).run_id
+    second = run(small_config("run.rounds=3", "data.num_nodes=5", "screening.enabled=true",
+                              'attack.kind="sign_flip"', 'attack.sites=["node-1"]',
+                              "energy.enabled=false", f'run.workspace="{ws}"')).run_id
+    out = tmp_path / "equity.html"
+    done = report(ws, out, first, second)
+    assert done.returncode == 0, done.stderr
+    drawn = load_in_browser(out, tmp_path / "equity.png")
+    assert {"contribution_cost", "bias_rounds", "reputation", "mixture"} <= set(drawn)
+    assert all(n > 0 for n in drawn.values()), drawn
+    page = out.read_text()
+    assert "contribution (loo, accuracy points)" in page and "free_rider by node-4" in page

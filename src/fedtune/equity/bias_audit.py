@@ -15,9 +15,9 @@ Grouping by site asks whether the federation serves every member; by class, whet
 learned every label; by group, whether it treats a protected attribute alike. The per-group
 rates come from fairlearn's ``MetricFrame``, ``demographic_parity_difference`` and
 ``equalized_odds_difference`` (binary, so a multi-class task is audited one class against
-the rest), counting a class between the entries with at least 5 rows of it and 5 of the
-rest. A feature with more than 10 distinct values is split at its median into ``low``
-and ``high``.
+the rest), comparing entries with at least 5 rows (parity) and, for the odds, at least 5
+rows of the class and 5 of the rest; a difference no entries can show is NaN. A feature with
+more than 10 distinct values is split at its median into ``low`` and ``high``.
 
 References:
     Hardt, Price & Srebro 2016, "Equality of Opportunity in Supervised Learning" (equalized
@@ -40,24 +40,28 @@ MIN_ROWS = 5  # rows of a class and of the rest an entry needs for its rates to 
 def _rates(y_true: np.ndarray, y_pred: np.ndarray, by: np.ndarray,
            classes: list[int]) -> tuple[float, float]:
     """The largest demographic-parity and equalized-odds differences over classes (one
-    against the rest) between the values of ``by``. A class counts between the entries with
-    at least :data:`MIN_ROWS` rows of it and of the rest (a rate of one or two rows is 0 or 1
-    by chance)."""
+    against the rest) between the values of ``by``, NaN where no class can be compared. A
+    rate of one or two rows is 0 or 1 by chance, so parity compares the entries with at
+    least :data:`MIN_ROWS` rows, and the odds, for a class, the entries with at least that
+    many rows of it and of the rest."""
     from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
-    dpd = eod = 0.0
+    values, counts = np.unique(by, return_counts=True)
+    big = np.isin(by, values[counts >= MIN_ROWS])
+    dpd = eod = math.nan
     for c in classes:
         t, p = (y_true == c).astype(int), (y_pred == c).astype(int)
-        keep = np.zeros(len(t), dtype=bool)
-        for g in np.unique(by):
+        if len(np.unique(by[big])) >= 2:
+            d = float(demographic_parity_difference(t[big], p[big], sensitive_features=by[big]))
+            dpd = d if math.isnan(dpd) else max(dpd, d)
+        both = np.zeros(len(t), dtype=bool)
+        for g in values:
             rows = by == g
             if t[rows].sum() >= MIN_ROWS and (1 - t[rows]).sum() >= MIN_ROWS:
-                keep |= rows
-        if len(np.unique(by[keep])) < 2:
-            continue
-        t, p, g = t[keep], p[keep], by[keep]
-        dpd = max(dpd, float(demographic_parity_difference(t, p, sensitive_features=g)))
-        eod = max(eod, float(equalized_odds_difference(t, p, sensitive_features=g)))
+                both |= rows
+        if len(np.unique(by[both])) >= 2:
+            e = float(equalized_odds_difference(t[both], p[both], sensitive_features=by[both]))
+            eod = e if math.isnan(eod) else max(eod, e)
     return dpd, eod
 
 
@@ -79,9 +83,10 @@ def grouped(y_true: np.ndarray, y_pred: np.ndarray, by: np.ndarray, classes: lis
         "accuracy_gap_pts": max(accuracy.values()) - min(accuracy.values()),
         "flagged": [k for k, e in entries.items() if e["gap_pts"] > margin_pts],
         "entries": entries}
-    if rates:
-        out["demographic_parity_diff"], out["equalized_odds_diff"] = _rates(
-            y_true, y_pred, by, classes)
+    if rates:  # None (JSON null) where no entries can be compared
+        for key, value in zip(("demographic_parity_diff", "equalized_odds_diff"),
+                              _rates(y_true, y_pred, by, classes), strict=True):
+            out[key] = None if math.isnan(value) else value
     return out
 
 
@@ -146,8 +151,13 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
     """The figures of one audit a round keeps: the sites' accuracy gap, their parity and
     odds differences, the classes' gap, and how many entries are flagged."""
     s, c = report.get("by_site", {}), report.get("by_class", {})
-    return {"site_gap_pts": s.get("accuracy_gap_pts", math.nan),
-            "site_parity_diff": s.get("demographic_parity_diff", math.nan),
-            "site_odds_diff": s.get("equalized_odds_diff", math.nan),
-            "class_gap_pts": c.get("accuracy_gap_pts", math.nan),
+
+    def figure(group: dict[str, Any], key: str) -> float:
+        value = group.get(key)
+        return math.nan if value is None else float(value)
+
+    return {"site_gap_pts": figure(s, "accuracy_gap_pts"),
+            "site_parity_diff": figure(s, "demographic_parity_diff"),
+            "site_odds_diff": figure(s, "equalized_odds_diff"),
+            "class_gap_pts": figure(c, "accuracy_gap_pts"),
             "flags": float(len(report.get("flags", [])))}

@@ -45,7 +45,7 @@ def bias_audit(run_id: str, workspace: str, margin: float | None, output: str) -
 
         table.add_row(key.removeprefix("by_"), str(len(g["entries"])),
                       f"{g['worst']} ({worst:.1f} %)", f"{g['accuracy_gap_pts']:.1f}",
-                      *(f"{g[k]:.3f}" if k in g else "-" for k in ("demographic_parity_diff",
+                      *(f"{g[k]:.3f}" if g.get(k) is not None else "-" for k in ("demographic_parity_diff",
                                                                    "equalized_odds_diff")),
                       ", ".join(g["flagged"]) or "none")
     Console().print(table)

@@ -65,9 +65,13 @@ def equity_lines(equity: dict[str, Any] | None) -> list[tuple[str, str]]:
     b = equity.get("bias")
     if b:
         site = b.get("site", {})
+
+        def rate(key: str) -> str:
+            return "n/a" if site.get(key) is None else f"{site[key]:.3f}"
+
         rows.append(("bias audit", f"site accuracy gap {site.get('accuracy_gap_pts', 0):.1f} "
-                     f"pts, parity diff {site.get('demographic_parity_diff', 0):.3f}, odds "
-                     f"diff {site.get('equalized_odds_diff', 0):.3f}; flagged (> "
+                     f"pts, parity diff {rate('demographic_parity_diff')}, odds "
+                     f"diff {rate('equalized_odds_diff')}; flagged (> "
                      f"{b['margin_pts']:g} pts below the mean): "
                      f"{', '.join(b['flags']) or 'none'}"))
     return rows

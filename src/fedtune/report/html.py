@@ -10,7 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..equity.summary import equity_lines, equity_summary
 from ..errors import StoreError
+from .equity_figures import FIGURES as EQUITY_FIGURES
+from .equity_figures import MISSING as EQUITY_MISSING
 from .figures import FIGURES, MISSING, Run
 from .personal_figures import FIGURES as PERSONAL_FIGURES
 from .personal_figures import MISSING as PERSONAL_MISSING
@@ -84,6 +87,12 @@ def _summary(run: Run) -> str:
     if privacy:
         rows.append(("privacy", f"epsilon {_fmt(privacy.get('epsilon'))} at delta "
                                 f"{privacy.get('delta')} ({privacy.get('level')}-level)"))
+    attack = extra.get("attack")
+    if attack:
+        asr = attack.get("backdoor_asr")
+        rows.append(("simulated attack", f"{attack['kind']} by {', '.join(attack['sites'])}"
+                     + (f"; backdoor success {asr:.3f}" if asr is not None else "")))
+    rows += equity_lines(equity_summary(extra))
     plan = extra.get("plan") or {}
     if plan.get("energy_j"):
         rows.append(("planned vs measured",
@@ -119,8 +128,8 @@ def render(runs: list[Run]) -> str:
 
     runs = [checked_run(r) for r in runs]
     parts, left_out = [], []
-    missing = {**MISSING, **PERSONAL_MISSING}
-    for name, make in {**FIGURES, **PERSONAL_FIGURES}.items():
+    missing = {**MISSING, **PERSONAL_MISSING, **EQUITY_MISSING}
+    for name, make in {**FIGURES, **PERSONAL_FIGURES, **EQUITY_FIGURES}.items():
         fig = make(runs)
         if fig is None:
             left_out.append(f"{name}: {missing.get(name, 'no data')}")
