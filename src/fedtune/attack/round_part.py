@@ -34,7 +34,8 @@ class AttackPart:
         return {"attack": a.kind, "attack_sites": ",".join(self.sites),
                 "attack_scale": a.scale, "attack_noise": a.noise_std,
                 "attack_target": a.target, "attack_trigger": a.trigger_size,
-                "attack_trigger_value": a.trigger_value, "attack_poison": a.poison_fraction,
+                "attack_trigger_value": a.trigger_value, "attack_trigger_token": a.trigger_token,
+                "attack_poison": a.poison_fraction,
                 "attack_classes": self.classes}
 
     def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]:
@@ -71,7 +72,7 @@ def backdoor_success(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     keep = y != a.target
     if not bool(keep.any()):
         return float("nan")
-    stamped = stamp_trigger(x[keep], a.trigger_size, a.trigger_value)
+    stamped = stamp_trigger(x[keep], a.trigger_size, a.trigger_value, a.trigger_token)
     target = torch.full_like(y[keep], a.target)
     out = evaluate_model(module, stamped, target, task.loss_fn, task.metrics_fn)
     return float(out.get("accuracy", float("nan")))

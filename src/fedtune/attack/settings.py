@@ -15,7 +15,8 @@ federation; they run in simulation and on Ray (``fedtune run``) and are refused 
 ``ipm``            every attacker sends ``-ipm_epsilon`` x the benign updates' mean
 ``label_flip``     trains on its data with every label y replaced by C - 1 - y
 ``backdoor``       trains with ``poison_fraction`` of its rows stamped with a trigger (the last
-                   ``trigger_size`` inputs set to ``trigger_value``) and labelled ``target``;
+                   ``trigger_size`` inputs set to ``trigger_value``; for text, the first
+                   ``trigger_size`` words replaced by ``trigger_token``) and labelled ``target``;
                    the update times ``scale``; the attack success rate is measured on the
                    coordinator's test set
 =================  ==========================================================================
@@ -47,6 +48,7 @@ class AttackSection(BaseModel):
     target: int = Field(0, ge=0)  # backdoor: the label triggered inputs get
     trigger_size: int = Field(4, ge=1)
     trigger_value: float = Field(3.0, allow_inf_nan=False)
+    trigger_token: int = Field(12935, ge=1)  # text (token ids): "cf" in MiniLM's vocabulary
     poison_fraction: float = Field(0.5, gt=0, le=1)
     alie_z: float = Field(0.0, ge=0)  # 0: the paper's z_max for the round's size
     ipm_epsilon: float = Field(0.5, gt=0)

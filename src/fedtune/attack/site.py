@@ -14,9 +14,15 @@ from ..node.context import FitContext
 from ..seeds import derived_seed
 
 
-def stamp_trigger(x: torch.Tensor, size: int, value: float) -> torch.Tensor:
-    """The inputs with their last ``size`` features set to ``value`` (a copy)."""
+def stamp_trigger(x: torch.Tensor, size: int, value: float, token: int = 12935) -> torch.Tensor:
+    """The inputs with the trigger (a copy): numbers get their last ``size`` features set to
+    ``value`` (a pixel pattern); token ids (an integer tensor, 0 = padding, position 0 the
+    [CLS] token) get their first ``size`` word positions set to ``token`` (a rare word:
+    12935 is "cf" in MiniLM's vocabulary, the trigger of Kurita et al. 2020)."""
     out = x.clone()
+    if not out.is_floating_point():
+        out[:, 1:1 + size] = token
+        return out
     flat = out.reshape(out.shape[0], -1)
     flat[:, -size:] = value
     return flat.reshape(out.shape)
@@ -52,7 +58,8 @@ class SiteAttack:
                 rows = torch.randperm(n, generator=gen)[:max(1, round(ins.attack_poison * n))]
                 rows = rows.to(x.device)
                 x, y = x.clone(), y.clone()
-                x[rows] = stamp_trigger(x[rows], ins.attack_trigger, ins.attack_trigger_value)
+                x[rows] = stamp_trigger(x[rows], ins.attack_trigger, ins.attack_trigger_value,
+                                        ins.attack_trigger_token)
                 y[rows] = ins.attack_target
                 return x, y
 

@@ -60,6 +60,7 @@ class NodeInstructions:
     attack_target: int = 0
     attack_trigger: int = 4
     attack_trigger_value: float = 3.0
+    attack_trigger_token: int = 12935
     attack_poison: float = 0.5
     attack_classes: int = 0
     # fair aggregation (fedtune.equity): rows the global model's loss is measured on, 0 = off
