@@ -31,7 +31,7 @@ import torch
 from ..algorithms.strategy import Strategy
 from ..algorithms.transforms import uplink_chain
 from ..node.context import FitContext
-from ..node.hooks import UplinkTransforms
+from ..node.uplink import UplinkTransforms
 
 
 def encode(entries: dict[str, Any]) -> str:

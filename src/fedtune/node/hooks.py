@@ -21,9 +21,10 @@ from typing import Any, Protocol
 
 import torch
 
-from ..algorithms.transforms import Chain, TransformContext, uplink_chain
+from ..algorithms.transforms import uplink_chain
 from .context import FitContext
 from .instructions import NodeInstructions
+from .uplink import UplinkTransforms
 
 
 class NodeHook(Protocol):
@@ -64,30 +65,6 @@ class KeepOptimizerState:
 
     def after_fit(self, ctx: FitContext) -> None:
         ctx.state["optimizer"] = ctx.optimizer_state or {}
-
-
-class UplinkTransforms:
-    """Runs the update through its transform chain (compression, error feedback); the
-    chain's state (the residual) stays with the node."""
-
-    mutable: tuple[str, ...] = ("uplink",)
-
-    def __init__(self, transforms: Chain) -> None:
-        self.transforms = transforms
-
-    def before_fit(self, ctx: FitContext) -> None:
-        return None
-
-    def after_fit(self, ctx: FitContext) -> None:
-        assert ctx.update is not None
-        state = ctx.state.get("uplink")
-        if state is None:
-            state = self.transforms.init()
-        tctx = TransformContext(seed=ctx.seed)
-        ctx.update, state = self.transforms.apply(ctx.update, state, tctx)
-        ctx.state["uplink"] = state
-        ctx.out_aux.update(tctx.aux)
-        ctx.encoding = tctx.encoding
 
 
 def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor],
