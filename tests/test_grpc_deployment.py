@@ -66,8 +66,9 @@ def _final_params(workspace):
     return data, load_file(data["checkpoints"][-1]["path"])
 
 
-def test_grpc_gives_the_same_numbers_as_simulation(federation, tmp_path):
-    fed = federation(config())
+@pytest.mark.parametrize("strategy", ["scaffold", "qffl"])  # qffl: sites send their losses
+def test_grpc_gives_the_same_numbers_as_simulation(federation, tmp_path, strategy):
+    fed = federation(config(strategy=strategy))
     fed.start(3)
     summary = json.loads(fed.finish())
     grpc_run, grpc_params = _final_params(tmp_path / "ws")

@@ -133,13 +133,11 @@ class StartLoss:
 # -- the coordinator's part --------------------------------------------------------------
 @dataclass
 class FairState:
-    """AFL's mixture over the sites (empty for q-FFL), and this round's sums and losses
-    (reset after every round)."""
+    """AFL's mixture over the sites (empty for q-FFL), and this round's losses (reset after
+    every round)."""
 
     lam: torch.Tensor
     losses: torch.Tensor
-    num: float = 0.0  # sum_k w_k F_k^q
-    den: float = 0.0  # sum_k w_k h_k
 
 
 @dataclass
@@ -151,7 +149,12 @@ class FairAggregation:
     sites: list[str]
     lipschitz: float
     name: str = "fairness"
-    _coef: dict[str, float] = field(default_factory=dict, repr=False)  # this round's q L^2 w F^(q-1)
+    # this round's terms per site: w F^q, w L F^q + q L^2 w F^(q-1) |u|^2, q L^2 w F^(q-1);
+    # summed in the order of the sites' names on release, so every runtime (whatever order
+    # replies arrive in) takes the same step
+    _num: dict[str, float] = field(default_factory=dict, repr=False)
+    _den: dict[str, float] = field(default_factory=dict, repr=False)
+    _coef: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.index = {s: i for i, s in enumerate(self.sites)}
@@ -186,20 +189,20 @@ class FairAggregation:
             return max(float(state.lam[i]), 1e-12)
         q, lip = self.settings.q, self.lipschitz
         fq = f ** q
-        state.num += weight * fq
-        state.den += weight * lip * fq
+        self._num[node_id] = weight * fq
+        self._den[node_id] = weight * lip * fq
         self._coef[node_id] = q * lip ** 2 * weight * f ** (q - 1)
         return float(weight * fq)
 
     def receive(self, update: Update, aux: dict[str, torch.Tensor], state: FairState,
                 node_id: str) -> Update:
         """q-FFL: the update's squared norm into sum_k w_k h_k (when it is folded)."""
-        coef = self._coef.pop(node_id, 0.0)
+        coef = self._coef.get(node_id, 0.0)
         if coef == 0.0:
             return update
 
         def counted(u: torch.Tensor) -> torch.Tensor:
-            state.den += coef * float(u.double().pow(2).sum())
+            self._den[node_id] += coef * float(u.double().pow(2).sum())
             return u
 
         if isinstance(update, torch.Tensor):
@@ -210,14 +213,16 @@ class FairAggregation:
         if self.kind == "afl":
             state.lam = afl_step(state.lam, state.losses, lr=self.settings.afl_lr)
             return delta
-        if state.den <= 0:
+        num = sum(self._num[n] for n in sorted(self._num))
+        den = sum(self._den[n] for n in sorted(self._den))
+        if den <= 0:
             return delta
-        return delta * (self.lipschitz * state.num / state.den)
+        return delta * (self.lipschitz * num / den)
 
     def after_round(self, state: FairState) -> None:
-        state.num = state.den = 0.0
         state.losses.fill_(math.nan)
-        self._coef.clear()
+        for terms in (self._num, self._den, self._coef):
+            terms.clear()
 
     def round_metrics(self, state: FairState) -> dict[str, float]:
         return {}
