@@ -24,11 +24,12 @@ def _honest(k: int, d: int = 6, seed: int = 0) -> torch.Tensor:
 
 
 def test_the_screen_names_a_boosted_and_a_flipped_update():
-    block = torch.cat([_honest(5), 50 * torch.ones(1, 6), -torch.ones(1, 6)])
-    reasons = screen(block, norm_mads=3.0, cosine_min=0.0)
+    block = torch.cat([_honest(5), 50 * torch.ones(1, 6), -torch.ones(1, 6), torch.zeros(1, 6)])
+    reasons = screen(block, norm_mads=3.0, cosine_min=0.0, min_norm_share=0.05)
     assert reasons[:5] == [None] * 5
     assert "update norm" in reasons[5] and "robust std above" in reasons[5]
-    assert "cosine -1.000" in reasons[6]
+    assert reasons[6].startswith("cosine -0.99")
+    assert "free rider" in reasons[7]
     assert screen(block[:2], norm_mads=3.0, cosine_min=0.0) == [None, None]  # too few to judge
     same = torch.ones(4, 3)
     assert screen(same, norm_mads=3.0, cosine_min=0.0) == [None] * 4  # no spread, no outlier

@@ -5,10 +5,11 @@ or None: an update whose L2 norm lies more than ``norm_mads`` robust standard de
 (1.4826 x the median absolute deviation of the round's norms, and at least 10 % of the
 median: honest norms that agree closely make no outlier of one 30 % above them at 3) above
 the median norm (a boosted or noise update), or whose cosine similarity to the coordinate-
-wise median update is below ``cosine_min`` (a sign flip, a model pulled the other way). Both
-statistics are medians, so fewer than half of the updates cannot move them: the screen
-tolerates up to half minus one attackers, needs every update of the round (not the streaming
-sum), and sees single updates, so it cannot run under secure aggregation.
+wise median update is below ``cosine_min`` (a sign flip, a model pulled the other way), or
+whose norm is below ``min_norm_share`` of the median (the global model sent back: a free
+rider). Both statistics are medians, so fewer than half of the updates cannot move them: the
+screen tolerates up to half minus one attackers, needs every update of the round (not the
+streaming sum), and sees single updates, so it cannot run under secure aggregation.
 
 :func:`reputation` is the beta reputation of a site from its accepted and screened rounds,
 each count decayed by ``decay`` per round so that a site can recover: (a + 1) / (a + b + 2).
@@ -28,7 +29,8 @@ MAD_TO_STD = 1.4826
 REL_SPREAD = 0.1  # the spread is at least this share of the median norm
 
 
-def screen(updates: torch.Tensor, *, norm_mads: float, cosine_min: float) -> list[str | None]:
+def screen(updates: torch.Tensor, *, norm_mads: float, cosine_min: float,
+           min_norm_share: float = 0.0) -> list[str | None]:
     """Why each update is screened out, or None for the ones kept."""
     if updates.dim() != 2:
         raise ValueError(f"updates must be [K, D], got shape {tuple(updates.shape)}")
@@ -44,7 +46,10 @@ def screen(updates: torch.Tensor, *, norm_mads: float, cosine_min: float) -> lis
     reasons: list[str | None] = []
     for i in range(k):
         z = float((norms[i] - med) / spread)
-        if z > norm_mads:
+        if float(norms[i]) < min_norm_share * float(med):
+            reasons.append(f"update norm {float(norms[i]):.4g} is below {min_norm_share:g} of the "
+                           f"round's median {float(med):.4g} (nothing learned: a free rider?)")
+        elif z > norm_mads:
             reasons.append(f"update norm {float(norms[i]):.4g} is {z:.1f} robust std above the "
                            f"round's median {float(med):.4g} (screening.norm_mads = "
                            f"{norm_mads:g})")

@@ -92,7 +92,8 @@ class ScreeningPart:
             return delta
         block = torch.stack([self._round[n][0].to(delta.device) for n in members])
         s = self.settings
-        reasons = screen(block, norm_mads=s.norm_mads, cosine_min=s.cosine_min)
+        reasons = screen(block, norm_mads=s.norm_mads, cosine_min=s.cosine_min,
+                         min_norm_share=s.min_norm_share)
         rep = reputation(state.accepted, state.screened)
         state.accepted.mul_(s.decay)
         state.screened.mul_(s.decay)

@@ -82,6 +82,7 @@ class ScreeningSection(BaseModel):
     enabled: bool = False
     norm_mads: float = Field(3.0, gt=0)  # robust std above the round's median norm
     cosine_min: float = Field(0.0, ge=-1, le=1)  # to the round's median update
+    min_norm_share: float = Field(0.05, ge=0, lt=1)  # of the median norm: below, a free rider
     decay: float = Field(0.9, gt=0, le=1)  # of a site's counts per round
     reputation_min: float = Field(0.3, ge=0, lt=1)  # below it a site's updates are left out
     weigh_by_reputation: bool = True
