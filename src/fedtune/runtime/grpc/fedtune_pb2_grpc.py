@@ -5,7 +5,7 @@ import warnings
 
 from fedtune.runtime.grpc import fedtune_pb2 as fedtune_dot_runtime_dot_grpc_dot_fedtune__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
