@@ -8,7 +8,8 @@ Attacks: sign flip (x4), scaling (x10), Gaussian noise (std 1), label flipping, 
 paper's z_max), IPM (epsilon 0.5), free riding, a backdoor (x5 boosted). Defences: the plain
 mean, coordinate median, trimmed mean (0.2), Multi-Krum and Bulyan (f = 4), geometric median,
 centered clipping, norm bounding (both adaptive: the round's median update norm), and
-screening with reputations (``[screening]`` defaults) before the plain mean.
+screening with reputations (``[screening]`` defaults) before the plain mean. Summary keys
+also: ``backdoor_asr_best`` (the lowest success rate and its defence).
 
 Summary per task: ``worst_untargeted_drop_pts`` (for each untargeted attack the best
 defence's drop below the plain mean's clean accuracy, then the worst over attacks),
