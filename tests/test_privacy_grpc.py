@@ -15,7 +15,7 @@ from fedtune.runtime.grpc.security import make_certificates
 from fedtune.store import RunStore
 
 from .deployment import Federation
-from .test_pinned_runs import BASE, CASES, as_toml, fingerprint, pinned
+from .test_pinned_runs import BASE, CASES, as_toml, expected, fingerprint
 
 
 @pytest.mark.parametrize("name", ["all-dp-distributed-adaptive", "all-secagg-dp"])
@@ -38,7 +38,7 @@ def test_distributed_dp_over_grpc_matches_the_in_process_pin(tmp_path, name):
         fed.finish()
     finally:
         fed.close()
-    assert fingerprint(tmp_path / "ws") == pinned()[name], fed.log()[-3000:]
+    assert fingerprint(tmp_path / "ws") == expected(name, tmp_path), fed.log()[-3000:]
     store = RunStore(tmp_path / "ws")
     try:
         run = store.load_run("last")
