@@ -23,7 +23,7 @@ num_nodes = 3
 [strategy]
 min_nodes = 3
 [local]
-epochs = 30
+epochs = 150  # a round long enough that the kill lands inside it
 [personalization]
 method = "fedper"
 [server]
