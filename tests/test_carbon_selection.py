@@ -9,6 +9,7 @@ from fedtune.algorithms.carbon_selection import CarbonAware, carbon_part
 from fedtune.config import load_config
 from fedtune.errors import ConfigError
 from fedtune.experiment import run
+from fedtune.store import RunStore
 
 from .conftest import small_config
 
@@ -63,15 +64,25 @@ def test_with_the_run_known_every_site_ends_at_or_above_the_floor():
     assert clean >= 0.7 * 5 * 50 and dirty == 5 * 13, "the cleanest take what the floor leaves"
 
 
-def test_a_site_on_a_dirty_grid_emits_more_for_the_same_work():
+def test_a_site_on_a_dirty_grid_emits_more_for_the_same_work(tmp_path):
+    # per joule, read from the stored ledger: measured seconds (and so joules) move with the
+    # machine's load, the grams each joule costs do not
     cfg = small_config("data.num_nodes=2", 'data.partition="iid"', "run.rounds=2",
-                       'energy.site_g_per_kwh=[10.0, 1000.0]', "energy.tdp_watts=100")
-    result = run(cfg, store=False)
+                       'energy.site_g_per_kwh=[10.0, 1000.0]', "energy.tdp_watts=100",
+                       f'run.workspace="{tmp_path}"')
+    result = run(cfg)
     assert result.total_co2_g > 0
-    clean = run(small_config("data.num_nodes=2", 'data.partition="iid"', "run.rounds=2",
-                             'energy.site_g_per_kwh=[10.0, 10.0]', "energy.tdp_watts=100"),
-                store=False)
-    assert result.total_co2_g > 5 * clean.total_co2_g
+    store = RunStore(tmp_path)
+    try:
+        rows = [n for n in store.load_run("last")["node_metrics"] if n["phase"] == "fit"]
+    finally:
+        store.close()
+    assert {r["node_id"] for r in rows} == {"node-0", "node-1"} and len(rows) == 4
+    for r in rows:
+        assert r["energy_j"] > 0
+        g_per_kwh = r["co2_g"] / (r["energy_j"] / 3.6e6)
+        assert g_per_kwh == pytest.approx(10.0 if r["node_id"] == "node-0" else 1000.0,
+                                          rel=1e-6)
 
 
 def test_a_carbon_run_reports_participation_and_refuses_what_cannot_hold():
