@@ -7,13 +7,15 @@ test inputs, not of the target class, that the final model puts in the target cl
 Attacks: sign flip (x4), scaling (x10), Gaussian noise (std 1), label flipping, ALIE (the
 paper's z_max), IPM (epsilon 0.5), free riding, a backdoor (x5 boosted). Defences: the plain
 mean, coordinate median, trimmed mean (0.2), Multi-Krum and Bulyan (f = 4), geometric median,
-centered clipping, norm bounding (both adaptive: the round's median update norm), and
+centered clipping, norm bounding (both adaptive: the round's median update norm), norm
+bounding with client-level DP (the clip at the median norm, noise multiplier 0.5, seeded), and
 screening with reputations (``[screening]`` defaults) before the plain mean. Summary keys
 also: ``backdoor_asr_best`` (the lowest success rate and its defence).
 
 Summary per task: ``worst_untargeted_drop_pts`` (for each untargeted attack the best
 defence's drop below the plain mean's clean accuracy, then the worst over attacks),
-``backdoor_asr_defended`` (norm bounding's), ``robust_agg_time_ratio`` (the slower of
+``backdoor_asr_defended`` (the lower of norm bounding's and norm bounding with DP's, which
+``backdoor_asr_defended_by`` names), ``robust_agg_time_ratio`` (the slower of
 Multi-Krum and the geometric median over the plain mean, aggregating 100 updates of 1 M
 float32 parameters, best of 3, measured here).
 
@@ -56,8 +58,14 @@ ATTACKS: dict[str, list[str]] = {
     "alie": ['attack.kind="alie"'],
     "ipm": ['attack.kind="ipm"', "attack.ipm_epsilon=0.5"],
     "free_rider": ['attack.kind="free_rider"'],
-    "backdoor": ['attack.kind="backdoor"', "attack.scale=5.0", "attack.target=0"],
+    # model replacement (Bagdasaryan et al. 2020): a few poisoned rows, the update boosted
+    "backdoor": ['attack.kind="backdoor"', "attack.scale=5.0", "attack.target=0",
+                 "attack.poison_fraction=0.1"],
+    # heavy poisoning: half of every attacker's rows (10 % of all training rows), boosted too
+    "backdoor_heavy": ['attack.kind="backdoor"', "attack.scale=5.0", "attack.target=0",
+                       "attack.poison_fraction=0.5"],
 }
+BACKDOORS = ("backdoor", "backdoor_heavy")
 DEFENCES: dict[str, list[str]] = {
     "mean": [],
     "median": ['strategy.aggregator="median"'],
@@ -67,9 +75,16 @@ DEFENCES: dict[str, list[str]] = {
     "geometric_median": ['strategy.aggregator="geometric_median"'],
     "centered_clipping": ['strategy.aggregator="centered_clipping"'],
     "norm_bound": ['strategy.aggregator="norm_bound"'],
+    # client-level DP's clip at the median norm is norm bounding with an adaptive threshold;
+    # on top, Gaussian noise of 0.5 x the clip on the sum (Sun et al. 2019's "weak DP");
+    # seeded noise, so that the bench repeats: not private
+    "norm_bound_dp": ['privacy.mode="central"', "privacy.adaptive_clip=true",
+                      "privacy.target_quantile=0.5", "privacy.noise_multiplier=0.5",
+                      "privacy.secure_rng=false"],
     "screening": ["screening.enabled=true"],
 }
-UNTARGETED = [a for a in ATTACKS if a != "backdoor"]
+UNTARGETED = [a for a in ATTACKS if a not in BACKDOORS]
+NORM_BOUNDING = ("norm_bound", "norm_bound_dp")  # backdoor_asr_defended: the lower of the two
 FAIR: dict[str, list[str]] = {
     "qffl": ['strategy.name="qffl"', "fairness.q=3", "fairness.lipschitz=0.01"],
     "afl": ['strategy.name="afl"', "fairness.afl_lr=0.01"],
@@ -148,11 +163,16 @@ def bench_task(task: str, rounds: int, emit: Any, times: dict[str, float]) -> No
     reference = clean["mean"]
     drops = {a: min(100 * (reference - rows[a, d]["attacked_acc"]) for d in DEFENCES)
              for a in UNTARGETED}
+    backdoor: dict[str, Any] = {}
+    for attack in BACKDOORS:
+        key = f"{attack}_asr"  # backdoor_asr, backdoor_heavy_asr
+        asr, by = min((rows[attack, d]["backdoor_asr"], d) for d in NORM_BOUNDING)
+        backdoor.update({f"{key}_defended": asr, f"{key}_defended_by": by,
+                         f"{key}_undefended": rows[attack, "mean"]["backdoor_asr"],
+                         f"{key}_best": min((rows[attack, d]["backdoor_asr"], d)
+                                            for d in DEFENCES)})
     emit({"task": task, "summary": True, "worst_untargeted_drop_pts": max(drops.values()),
-          "best_defence_drop_by_attack_pts": drops,
-          "backdoor_asr_defended": rows["backdoor", "norm_bound"]["backdoor_asr"],
-          "backdoor_asr_undefended": rows["backdoor", "mean"]["backdoor_asr"],
-          "backdoor_asr_best": min((rows["backdoor", d]["backdoor_asr"], d) for d in DEFENCES),
+          "best_defence_drop_by_attack_pts": drops, **backdoor,
           "robust_agg_time_ratio": max(times["multi_krum_ratio"],
                                        times["geometric_median_ratio"]), **fair})
 
