@@ -77,6 +77,20 @@ def test_a_backdoor_implants_with_plain_fedavg():
     assert res.final_test_accuracy > 0.7, "the main task still learns: a stealthy backdoor"
 
 
+def test_norm_bounding_holds_a_model_replacement_backdoor():
+    # the bench's setting: 20 sites, 4 attackers poisoning 10 % of their rows, x10 boosted
+    setting = ["data.num_nodes=20", "data.alpha=1.0", "run.rounds=30", "energy.enabled=false",
+               "evaluation.personalize_steps=0", 'attack.kind="backdoor"', "attack.scale=10.0",
+               "attack.poison_fraction=0.1", "attack.target=0"]
+    plain = run(small_config(*setting), store=False)
+    bounded = run(small_config(*setting, 'strategy.aggregator="norm_bound"'), store=False)
+    assert plain.extra["attack"]["sites"] == bounded.extra["attack"]["sites"]
+    assert len(plain.extra["attack"]["sites"]) == 4
+    assert plain.extra["attack"]["backdoor_asr"] > 0.8
+    assert bounded.extra["attack"]["backdoor_asr"] < 0.05
+    assert bounded.final_test_accuracy > 0.8
+
+
 def test_attacks_are_refused_where_they_cannot_run():
     with pytest.raises(ConfigError, match="not a site"):
         run(small_config('attack.kind="noise"', 'attack.sites=["node-99"]'), store=False)
