@@ -11,6 +11,7 @@ from fedtune.energy import EnergyMeter
 from fedtune.errors import ConfigError
 from fedtune.experiment import run
 from fedtune.node.node import Node, Workbench
+from fedtune.store import RunStore
 from fedtune.tasks import build_task
 from fedtune.types import FitIns
 
@@ -136,10 +137,21 @@ def test_omniscient_attackers_see_the_round_and_a_large_ipm_reverses_the_mean():
         small_config('attack.kind="alie"', 'compression.uplink="q8"')
 
 
-def test_an_attacked_run_is_stored_like_any_other(tmp_path):
+def test_an_attacked_run_is_stored_like_any_other_and_its_ledger_names_the_attackers(tmp_path):
     res = run(small_config('attack.kind="sign_flip"', f'run.workspace="{tmp_path}"',
-                           "energy.enabled=false"))
+                           "attack.fraction=0.5", "energy.enabled=false"))
     assert res.run_id != "unsaved" and res.extra["attack"]["kind"] == "sign_flip"
+    store = RunStore(tmp_path)
+    try:
+        rows = store.load_run(res.run_id)["node_metrics"]
+    finally:
+        store.close()
+    fit = [r for r in rows if r["phase"] == "fit"]
+    assert len(fit) == 4 * 3, "4 sites, 3 rounds"
+    marked = {r["node_id"] for r in fit if r["attack"] == "sign_flip"}
+    assert marked == set(res.extra["attack"]["sites"]) and len(marked) == 2
+    assert all(r["attack"] == "" for r in fit if r["node_id"] not in marked)
+    assert all(r["attack"] in ("", None) for r in rows if r["phase"] != "fit")
 
 
 def test_a_non_finite_attack_knob_is_refused_by_name():

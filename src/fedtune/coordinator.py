@@ -32,6 +32,7 @@ from .algorithms.selection import Selector
 from .algorithms.strategy import Strategy
 from .algorithms.transforms import Compress, TransformContext
 from .attack.omniscient import with_omniscient_attackers
+from .attack.round_part import mark_attackers
 from .catalog import SELECTORS
 from .config import RunConfig
 from .coordinator_state import CoordinatorState
@@ -50,13 +51,7 @@ from .runtime.base import Reply, Runtime
 from .seeds import derived_seed
 from .store import RunStore
 from .store_writer import RoundWriter
-from .types import (
-    FitIns,
-    FitRes,
-    NodeFailure,
-    NodeRoundRecord,
-    RoundRecord,
-)
+from .types import FitIns, FitRes, NodeFailure, NodeRoundRecord, RoundRecord
 from .wire import all_finite
 
 log = logging.getLogger("fedtune")
@@ -289,7 +284,8 @@ class Coordinator:
             self.personal_rounds.append(personal)
         # in the order of ``nodes`` (selection order), not arrival order: every runtime then
         # averages the same numbers in the same order
-        ledger[:] = self.grids.reprice(ledger, round_, self.selector)
+        ledger[:] = mark_attackers(self.round_parts,  # sites' own grids; who attacked
+                                   self.grids.reprice(ledger, round_, self.selector))
         rank = {node: i for i, node in enumerate(nodes)}
         fit = sorted((n for n in ledger if n.phase == "fit"),
                      key=lambda n: (rank.get(n.node_id, len(rank)), n.node_id))

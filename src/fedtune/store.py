@@ -63,15 +63,14 @@ RESUMABLE = ("incomplete", "crashed", "interrupted")
 # (table, column, type) added to stores written by older versions
 MIGRATIONS = [("states", "sha256", "TEXT"), ("checkpoints", "sha256", "TEXT"),
               ("rounds", "epsilon", "REAL"), ("node_metrics", "epsilon", "REAL"),
-              ("rounds", "coordinator_energy_j", "REAL")]
+              ("rounds", "coordinator_energy_j", "REAL"), ("node_metrics", "attack", "TEXT")]
 log = logging.getLogger("fedtune.store")
 
 
-ROUND_COLUMNS = ["round", "nodes", "failed", "train_loss", "test_loss", "test_accuracy",
-                 "wall_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "epsilon",
-                 "coordinator_energy_j"]
-NODE_COLUMNS = ["round", "node_id", "phase", "examples", "steps", "train_loss", "wall_s",
-                "cpu_s", "bytes_down", "bytes_up", "energy_j", "co2_g", "energy_method", "epsilon"]
+ROUND_COLUMNS = ["round", "nodes", "failed", "train_loss", "test_loss", "test_accuracy", "wall_s",
+                 "bytes_down", "bytes_up", "energy_j", "co2_g", "epsilon", "coordinator_energy_j"]
+NODE_COLUMNS = ["round", "node_id", "phase", "examples", "steps", "train_loss", "wall_s", "cpu_s",
+                "bytes_down", "bytes_up", "energy_j", "co2_g", "energy_method", "epsilon", "attack"]
 
 
 def _pid_alive(pid: int | None) -> bool:

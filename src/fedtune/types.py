@@ -135,6 +135,7 @@ class NodeRoundRecord:
     co2_g: float
     energy_method: str
     epsilon: float | None = None  # the site's own DP-SGD epsilon after this fit (sample-level)
+    attack: str = ""  # the simulated attack ([attack] kind) this node made in this round
 
 
 @dataclass

@@ -3,12 +3,15 @@ instruction, records them, and measures a backdoor's success on its own test set
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ..algorithms.strategy import Strategy
 from ..node.trainer import evaluate_model
+from ..types import NodeRoundRecord
 from .settings import attacker_sites
 from .site import stamp_trigger
 
@@ -76,3 +79,14 @@ def backdoor_success(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     target = torch.full_like(y[keep], a.target)
     out = evaluate_model(module, stamped, target, task.loss_fn, task.metrics_fn)
     return float(out.get("accuracy", float("nan")))
+
+
+def mark_attackers(parts: Sequence[Any], ledger: list[NodeRoundRecord]) -> list[NodeRoundRecord]:
+    """The round's ledger with each attacker's fit rows marked with the attack it made (the
+    node ledger says who attacked, and how, in every round; no attack part: unchanged)."""
+    part = next((p for p in parts if isinstance(p, AttackPart)), None)
+    if part is None:
+        return ledger
+    attackers = set(part.sites)
+    return [replace(n, attack=part.a.kind) if n.node_id in attackers and n.phase in
+            ("fit", "late") else n for n in ledger]
