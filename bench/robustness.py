@@ -5,12 +5,15 @@ sample), 30 rounds. Every defence first runs without attack (its ``clean_acc``),
 every attack (``attacked_acc``; ``backdoor_asr``: the share of the coordinator's triggered
 test inputs, not of the target class, that the final model puts in the target class).
 Attacks: sign flip (x4), scaling (x10), Gaussian noise (std 1), label flipping, ALIE (the
-paper's z_max), IPM (epsilon 0.5), free riding, a backdoor (x5 boosted). Defences: the plain
+paper's z_max), IPM (epsilon 0.5), free riding, and two backdoors, both x5 boosted: model
+replacement (10 % of each attacker's rows poisoned) and heavy poisoning (50 %, so 10 % of all
+training rows carry the trigger). Defences: the plain
 mean, coordinate median, trimmed mean (0.2), Multi-Krum and Bulyan (f = 4), geometric median,
 centered clipping, norm bounding (both adaptive: the round's median update norm), norm
 bounding with client-level DP (the clip at the median norm, noise multiplier 0.5, seeded), and
 screening with reputations (``[screening]`` defaults) before the plain mean. Summary keys
-also: ``backdoor_asr_best`` (the lowest success rate and its defence).
+also: ``backdoor_asr_best`` (the lowest success rate and its defence), and the same four
+``backdoor_heavy_asr_*`` keys for heavy poisoning.
 
 Summary per task: ``worst_untargeted_drop_pts`` (for each untargeted attack the best
 defence's drop below the plain mean's clean accuracy, then the worst over attacks),

@@ -202,6 +202,7 @@ def join(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     threads: Annotated[int, typer.Option(help="torch threads; 0 = torch's default")] = 0,
     grid: Annotated[str, typer.Option(help="this site's grid: country, g/kWh or hourly CSV")] = "",
+    red_team: Annotated[bool, typer.Option(help="carry out attacks the run names it for")] = False,
 ) -> None:
     """Join a federation as a site: connect out, train on local data, send updates."""
     # A site idles between rounds: let OpenMP threads sleep instead of spinning, which on a
@@ -222,7 +223,7 @@ def join(
             read_site_file(data, site)  # a broken file is refused before connecting
         Site(SiteOptions(server=server, site=site, data=data, token=token, ca=ca, cert=cert,
                          key=key, state_dir=state_dir, task=task, max_attempts=max_attempts,
-                         device=device, grid=grid)).run()
+                         device=device, grid=grid, red_team=red_team)).run()
     except FedtuneError as exc:
         _fail(exc)
     # The run is over. Leave without interpreter teardown: gRPC's C++ threads can abort the

@@ -167,13 +167,11 @@ def serve(config: RunConfig, *, resume: bool = False, resume_run: str | None = N
     ``task_factory`` builds a custom :class:`Task` from the run's config (``serve --task``;
     the sites join with the same ``--task``); by default the bundled dataset's task.
     """
+    from .attack.settings import check_served
     from .runtime.grpc.server import GrpcRuntime
 
     cfg = config
-    if cfg.attack.kind != "none":
-        raise ConfigError(f"attack.kind = \"{cfg.attack.kind}\" is a simulation: it runs with "
-                          "fedtune run (in process or on Ray); real sites never attack on "
-                          "instruction. Remove the [attack] section to serve")
+    check_served(cfg)  # an attack over gRPC: named red-team sites only
     store = RunStore(cfg.run.workspace)
     run_id = ""
     crashed = False

@@ -87,8 +87,11 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
         from .attack.round_part import AttackPart
         from .personal.label_prior import head_bias
 
-        parts.append(AttackPart(cfg, list(runtime.node_ids),
-                                classes=head_bias(bench.flat.module).numel()))
+        ids = list(runtime.node_ids)  # over gRPC: the sites that hold tokens, or the named
+        if runtime.capabilities.nodes_join:
+            tokens = getattr(runtime, "tokens", None)
+            ids = sorted(tokens) if isinstance(tokens, dict) else list(cfg.attack.sites)
+        parts.append(AttackPart(cfg, ids, classes=head_bias(bench.flat.module).numel()))
     if cfg.strategy.name in ("qffl", "afl"):
         from .equity.fair_aggregation import fair_aggregation_part
 

@@ -1,8 +1,12 @@
 """The ``[attack]`` section: what a simulated malicious site does, and which sites attack.
 
 Attacks are for finding out what a site could do to the shared model before trusting a
-federation; they run in simulation and on Ray (``fedtune run``) and are refused by
-``fedtune serve``: a real site never attacks on the coordinator's instruction.
+federation; they run in simulation and on Ray (``fedtune run``). Over gRPC (``fedtune serve``)
+they are a red-team exercise: the attacking sites must be named (``attack.sites``) and each
+must have joined with ``fedtune join --red-team``; a site started without that flag refuses
+every instruction that names it as an attacker (:func:`red_team_refusal`), so a real site never
+attacks on the coordinator's word alone. ALIE and IPM, which the coordinator crafts from the
+round's updates, stay in simulation.
 
 =================  ==========================================================================
 ``sign_flip``      the update negated (times ``scale``)
@@ -87,3 +91,30 @@ def attacker_sites(cfg: Any, node_ids: list[str]) -> list[str]:
         return sorted(a.sites)
     count = max(1, round(a.fraction * len(ids)))
     return sorted(FixedSize(count=count).select(ids, 0, derived_seed(cfg.run.seed, "attack")))
+
+
+def check_served(cfg: Any) -> None:
+    """Rules for an attack over gRPC (``fedtune serve``): named red-team sites, and only the
+    attacks a site makes itself."""
+    from ..errors import ConfigError
+
+    a = cfg.attack
+    if a.kind in ("alie", "ipm"):
+        raise ConfigError(f"attack.kind = \"{a.kind}\" is crafted by the coordinator from the "
+                          "round's updates: it runs with fedtune run only (in process or on "
+                          "Ray); remove the [attack] section to serve")
+    if a.kind != "none" and not a.sites:
+        raise ConfigError(f"attack.kind = \"{a.kind}\" over gRPC is a red-team exercise: name the "
+                          "attacking sites in attack.sites (each joins with fedtune join "
+                          "--red-team), not attack.fraction")
+
+
+def red_team_refusal(config: Any, site: str) -> str | None:
+    """Why a site that was not started as a red-team site refuses an instruction (its
+    ``config``), or None: it refuses only instructions naming it as an attacker."""
+    kind = str(config.get("attack", "") or "")
+    if kind in ("", "none") or site not in str(config.get("attack_sites", "")).split(","):
+        return None
+    return (f"site {site!r} is named as an attacker (attack.kind = \"{kind}\") but was not "
+            "started as a red-team site, so it refuses the round. Join with fedtune join "
+            "--red-team to take part in an attack simulation, or remove it from attack.sites")

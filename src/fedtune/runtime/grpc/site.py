@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from ...attack.settings import red_team_refusal
 from ...config import config_from_dict
 from ...data.federated import NodeData
 from ...energy.grids import parse_grid
@@ -54,6 +55,7 @@ class SiteOptions:
     task: str = ""
     device: str = "auto"
     grid: str = ""  # a country, g/kWh or an hourly CSV (energy/grids.py), sent when joining
+    red_team: bool = False  # carry out simulated attacks the coordinator names this site for
 
 
 class Refused(FedtuneError):
@@ -161,6 +163,11 @@ class Site:
 
     def _answer(self, msg: Any) -> Any:
         assert self.node is not None and self.bench is not None
+        why = None if self.o.red_team or not isinstance(msg, FitIns) else red_team_refusal(
+            msg.config, self.o.site)
+        if why is not None:
+            log.warning("site %s: %s", self.o.site, why)
+            raise MessageError(why)
         result = self.node.answer(msg, self.bench)
         if isinstance(msg, FitIns) and self.state_path is not None:
             self.node.save_state(self.state_path)
