@@ -134,5 +134,6 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
     if cfg.fairness.contribution != "off" and params is not None:  # last: sees the final weights
         from .equity.contribution_part import contribution_part
 
-        parts.append(contribution_part(cfg, runtime, bench, params))
+        parts.append(contribution_part(cfg, site_names(runtime, "fairness.contribution"),
+                                       bench, params))
     return parts

@@ -165,16 +165,12 @@ class ContributionPart:
                             and per_site[s]["total"] <= 0]}
 
 
-def contribution_part(cfg: Any, runtime: Any, bench: Any,
+def contribution_part(cfg: Any, sites: list[str], bench: Any,
                       params: Callable[[], torch.Tensor]) -> ContributionPart:
-    from ..errors import ConfigError
-
-    if runtime.capabilities.nodes_join:
-        raise ConfigError("fairness.contribution keeps a score per site and needs every site "
-                          "known when the run starts (fedtune run: simulation or Ray)")
+    """``sites``: every site that can take part (over gRPC: those holding a token)."""
     data = bench.task.data
     f = cfg.fairness
-    return ContributionPart(f.contribution, sorted(runtime.node_ids), cfg.run.rounds, bench,
+    return ContributionPart(f.contribution, sites, cfg.run.rounds, bench,
                             data.x_test.to(bench.flat.device), data.y_test.to(bench.flat.device),
                             params, permutations=f.shapley_permutations,
                             truncation=f.truncation, seed=cfg.run.seed)
