@@ -90,7 +90,7 @@ TENSORS: dict[str, dict[str, tuple[torch.dtype | None, int | None]]] = {
                "aux.dp_sample_epsilon": (torch.float64, 1), "aux.start_loss": (torch.float32, 1),
                "aux.secagg.c_pk": (torch.uint8, 1), "aux.secagg.s_pk": (torch.uint8, 1)},
     "EvalIns": {"params": (torch.float32, 1), "aux.buffers": (torch.float32, 1)},
-    "EvalRes": {"meter": (torch.float64, 1)},
+    "EvalRes": {"meter": (torch.float64, 1), "aux.bias_counts": (torch.float64, 2)},
 }
 REQUIRED = {"FitIns": {"params"}, "FitRes": {"update", "meter"}, "EvalIns": {"params"},
             "EvalRes": {"meter"}}

@@ -106,6 +106,7 @@ class EvalRes:
     num_examples: int
     metrics: dict[str, float]
     meter: NodeMeter = field(default_factory=NodeMeter)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. the bias audit's counts
 
 
 @dataclass

@@ -6,8 +6,11 @@ After each round's step the part audits the new global model on every site's tes
 keeps the round's headline figures (the sites' accuracy gap, parity and odds differences, the
 classes' gap, the flags) in its state, so a resumed run keeps the trend; the run's summary
 holds the full audit of the final model. The sites' test data is read where the coordinator
-holds it (simulation and Ray: the same data the final per-site evaluation uses); a run whose
-sites join over gRPC cannot be audited this way and is refused.
+holds it (simulation and Ray: the same data the final per-site evaluation uses). Over gRPC
+the coordinator holds no site's data: the final evaluation asks every site for its counts of
+(label, prediction, group value) (:mod:`fedtune.equity.bias_counts`) and the summary audits
+those; the rounds before are not audited (each would need an evaluation exchange), and the
+summary says so.
 """
 
 from __future__ import annotations
@@ -43,7 +46,17 @@ class BiasAuditPart:
     params: Callable[[], torch.Tensor]
     margin_pts: float
     group_feature: int = -1
+    remote: bool = False  # sites over gRPC: audited from their counts (:meth:`reported`)
+    classes: int = 0
     name: str = "bias"
+
+    def __post_init__(self) -> None:
+        self.counts: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def reported(self, evals: dict[str, Any]) -> None:
+        """The final evaluation's replies (site -> EvalRes): their counts, for the summary."""
+        self.counts = {k: (v.aux["bias_counts"], v.num_examples) for k, v in evals.items()
+                       if "bias_counts" in v.aux}
 
     def adapt(self, strategy: Strategy) -> Strategy:
         return strategy
@@ -71,12 +84,21 @@ class BiasAuditPart:
 
     def audit(self) -> dict[str, Any]:
         """The audit of the current global model."""
+        if self.remote:
+            from .bias_counts import audit_counts
+
+            report = audit_counts(self.counts, classes=self.classes, margin_pts=self.margin_pts,
+                                  group_feature=self.group_feature)
+            report["sites_reporting"] = len(self.counts)
+            return report
         flat = self.bench.flat
         flat.load_(self.params(), with_grad=False)
         return audit_model(flat.module, self.bench.task.data.nodes, self.sites,
                            margin_pts=self.margin_pts, group_feature=self.group_feature)
 
     def after_round(self, state: BiasState) -> None:
+        if self.remote:
+            return  # the sites' data is theirs: only the final model is audited
         figures = headline(self.audit())
         if state.audited < self.rounds:
             state.history[state.audited] = torch.tensor([figures[k] for k in HEADLINE],
@@ -91,6 +113,9 @@ class BiasAuditPart:
 
     def summary(self, state: BiasState) -> dict[str, Any]:
         report = self.audit()
+        if self.remote:
+            report["per_round_note"] = ("served run: the final model is audited from the "
+                                        "sites' counts; the rounds before are not")
         report["per_round"] = [
             {k: (None if math.isnan(v) else v) for k, v in zip(HEADLINE, row, strict=True)}
             for row in state.history[:state.audited].tolist()]
@@ -100,14 +125,17 @@ class BiasAuditPart:
 def bias_part(cfg: Any, runtime: Any, bench: Any,
               params: Callable[[], torch.Tensor]) -> BiasAuditPart:
     from ..errors import ConfigError
+    from ..personal.label_prior import head_bias
 
-    if runtime.capabilities.nodes_join:
-        raise ConfigError("fairness.audit reads the sites' test data where the coordinator "
-                          "holds it (fedtune run: simulation or Ray); over gRPC, audit a "
-                          "simulated copy of the federation")
     f = cfg.fairness
-    return BiasAuditPart(sorted(runtime.node_ids), cfg.run.rounds, bench, params,
-                         f.margin_pts, f.group_feature)
+    features = math.prod(bench.task.data.input_shape)
+    if f.group_feature >= features:
+        raise ConfigError(f"fairness.group_feature = {f.group_feature}, but the inputs have "
+                          f"{features} features (0 .. {features - 1})")
+    remote = runtime.capabilities.nodes_join
+    return BiasAuditPart([] if remote else sorted(runtime.node_ids), cfg.run.rounds, bench,
+                         params, f.margin_pts, f.group_feature, remote=remote,
+                         classes=head_bias(bench.flat.module).numel())
 
 
 def audit_stored_run(data: dict[str, Any], *, margin_pts: float | None = None,
@@ -121,6 +149,11 @@ def audit_stored_run(data: dict[str, Any], *, margin_pts: float | None = None,
     from ..params import FlatModel
     from ..tasks import build_task
 
+    result = data.get("result") or {}
+    if ((result.get("extra") or {}).get("provenance") or {}).get("runtime") == "grpc":
+        raise StoreError(f"run {data['run_id']} was served to real sites, whose test data the "
+                         "coordinator does not hold; run it with fairness.audit = true and "
+                         "its sites count their own rows (fedtune show prints that audit)")
     if not data["checkpoints"]:
         raise StoreError(f"run {data['run_id']} has no checkpoint of its model to audit; run "
                          "it with run.checkpoint_every > 0")

@@ -98,6 +98,9 @@ class EvalInstructions:
     optimizer: str = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    # the bias audit of a served run: count the test rows (equity/bias_counts.py)
+    bias_audit: bool = False
+    bias_group_feature: int = -1
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> EvalInstructions:

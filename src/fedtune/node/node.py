@@ -243,6 +243,12 @@ class Node:
         load_global(flat, ins.aux)
         metrics = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
         instructions = EvalInstructions.from_config(ins.config)
+        aux: dict[str, torch.Tensor] = {}
+        if instructions.bias_audit:  # the global model's, before any fine-tuning
+            from ..equity.bias_counts import site_counts
+
+            aux["bias_counts"] = site_counts(flat.module, d.x_test, d.y_test,
+                                             instructions.bias_group_feature)
         own = load_own_model(flat, instructions.personal, self.state)  # or its kept part
         prior = instructions.prior_correction and not own  # own models learned theirs
         if prior:
@@ -255,7 +261,7 @@ class Node:
             tuned = evaluate_model(flat.module, d.x_test, d.y_test, task.loss_fn, task.metrics_fn)
             metrics.update({f"{k}_personalized": v for k, v in tuned.items()})
         return EvalRes(self.node_id, ins.round, int(d.x_test.shape[0]), metrics,
-                       self._metered(wall0, cpu0, token))
+                       self._metered(wall0, cpu0, token), aux)
 
 
 def _on(device: torch.device, d: NodeData) -> NodeData:

@@ -66,6 +66,8 @@ def eval_config(coord: Coordinator, steps: int | None = None) -> dict[str, Scala
         config["personal"] = p.method
     if p.prior_correction:
         config["prior_correction"] = True
+    if cfg.fairness.audit and coord.runtime.capabilities.nodes_join:  # sites count their rows
+        config.update(bias_audit=True, bias_group_feature=cfg.fairness.group_feature)
     return config
 
 

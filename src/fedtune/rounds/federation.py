@@ -19,6 +19,7 @@ from ..algorithms.fairness import fairness_summary
 from ..algorithms.selection import FixedSize
 from ..coordinator import Coordinator
 from ..energy.run_plan import plan_own_run, plan_vs_actual
+from ..equity.bias_part import BiasAuditPart
 from ..personal.evaluation import adaptation, eval_instruction, personal_summary, training_sites
 from ..seeds import derived_seed
 from ..types import EvalRes, NodeFailure, NodeRoundRecord, RoundRecord, RunResult
@@ -61,6 +62,9 @@ def run_federation(coord: Coordinator) -> RunResult:
         raise
     coord.writer.close()  # every round is stored before the final evaluation is
     evals, eval_ledger = evaluate_nodes(coord)
+    for part in coord.round_parts:  # a served run's bias audit: the sites' counts
+        if isinstance(part, BiasAuditPart) and part.remote:
+            part.reported(evals)
     final = coord.evaluate_central()
     asr = None
     if cfg.attack.kind == "backdoor":  # the final model is loaded by evaluate_central
