@@ -10,15 +10,16 @@ replacement (10 % of each attacker's rows poisoned) and heavy poisoning (50 %, s
 training rows carry the trigger). Defences: the plain
 mean, coordinate median, trimmed mean (0.2), Multi-Krum and Bulyan (f = 4), geometric median,
 centered clipping, norm bounding (both adaptive: the round's median update norm), norm
-bounding with client-level DP (the clip at the median norm, noise multiplier 0.5, seeded), and
+bounding with client-level DP (the clip at the median norm, noise multiplier 0.2, seeded), and
 screening with reputations (``[screening]`` defaults) before the plain mean. Summary keys
 also: ``backdoor_asr_best`` (the lowest success rate and its defence), and the same four
 ``backdoor_heavy_asr_*`` keys for heavy poisoning.
 
 Summary per task: ``worst_untargeted_drop_pts`` (for each untargeted attack the best
 defence's drop below the plain mean's clean accuracy, then the worst over attacks),
-``backdoor_asr_defended`` (the lower of norm bounding's and norm bounding with DP's, which
-``backdoor_asr_defended_by`` names), ``robust_agg_time_ratio`` (the slower of
+``backdoor_asr_defended`` (the lower of norm bounding's and norm bounding with DP's, among
+those whose clean accuracy is within 5 points of the plain mean's; ``backdoor_asr_defended_by``
+names it), ``robust_agg_time_ratio`` (the slower of
 Multi-Krum and the geometric median over the plain mean, aggregating 100 updates of 1 M
 float32 parameters, best of 3, measured here).
 
@@ -79,15 +80,17 @@ DEFENCES: dict[str, list[str]] = {
     "centered_clipping": ['strategy.aggregator="centered_clipping"'],
     "norm_bound": ['strategy.aggregator="norm_bound"'],
     # client-level DP's clip at the median norm is norm bounding with an adaptive threshold;
-    # on top, Gaussian noise of 0.5 x the clip on the sum (Sun et al. 2019's "weak DP");
-    # seeded noise, so that the bench repeats: not private
+    # on top, Gaussian noise of 0.2 x the clip on the sum (Sun et al. 2019's "weak DP": at 0.5
+    # MNIST-1D's model fell to 17 % accuracy); seeded noise, so that the bench repeats: not
+    # private
     "norm_bound_dp": ['privacy.mode="central"', "privacy.adaptive_clip=true",
-                      "privacy.target_quantile=0.5", "privacy.noise_multiplier=0.5",
+                      "privacy.target_quantile=0.5", "privacy.noise_multiplier=0.2",
                       "privacy.secure_rng=false"],
     "screening": ["screening.enabled=true"],
 }
 UNTARGETED = [a for a in ATTACKS if a not in BACKDOORS]
 NORM_BOUNDING = ("norm_bound", "norm_bound_dp")  # backdoor_asr_defended: the lower of the two
+USEFUL_PTS = 5.0
 FAIR: dict[str, list[str]] = {
     "qffl": ['strategy.name="qffl"', "fairness.q=3", "fairness.lipschitz=0.01"],
     "afl": ['strategy.name="afl"', "fairness.afl_lr=0.01"],
@@ -169,7 +172,10 @@ def bench_task(task: str, rounds: int, emit: Any, times: dict[str, float]) -> No
     backdoor: dict[str, Any] = {}
     for attack in BACKDOORS:
         key = f"{attack}_asr"  # backdoor_asr, backdoor_heavy_asr
-        asr, by = min((rows[attack, d]["backdoor_asr"], d) for d in NORM_BOUNDING)
+        # a rule that breaks the model is no defence: within USEFUL_PTS of the mean's accuracy
+        useful = [d for d in NORM_BOUNDING if 100 * (reference - clean[d]) <= USEFUL_PTS] \
+            or list(NORM_BOUNDING)
+        asr, by = min((rows[attack, d]["backdoor_asr"], d) for d in useful)
         backdoor.update({f"{key}_defended": asr, f"{key}_defended_by": by,
                          f"{key}_undefended": rows[attack, "mean"]["backdoor_asr"],
                          f"{key}_best": min((rows[attack, d]["backdoor_asr"], d)
