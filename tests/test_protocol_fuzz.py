@@ -57,6 +57,7 @@ field_names = ["num_examples", "num_examples", "num_steps", "train_loss", "encod
                "meter", "node_id", "round", "metrics"]
 
 
+AWAITED = 12345  # stands for the task the coordinator awaits, filled in when it is known
 NUMEL = 64 * 128 + 128 + 128 * 10 + 10  # the default MLP's parameters: updates of this size
 VALID_TABLE = [["update", "float32", [NUMEL], 4 * NUMEL], ["meter", "float64", [4], 32]]
 
@@ -121,9 +122,12 @@ def test_protocol_fuzz_against_a_real_coordinator(tmp_path):
         fed.join("node-0")
         fed.wait_for_log("serve", "site node-0 ready")
 
+        over: list[bool] = []  # the run ended (on a loaded machine, before the last case)
+
         def next_fit_task():
-            """The attacker's next fit task, reconnecting when the server ended its session."""
-            while True:
+            """The attacker's next fit task, reconnecting when the server ended its session;
+            None once the run is over."""
+            while not over:
                 if not attacker:
                     attacker.append(RawSite(fed.address, "attacker"))
                 msg = attacker[0].next_message()
@@ -132,20 +136,26 @@ def test_protocol_fuzz_against_a_real_coordinator(tmp_path):
                     continue
                 if msg is None or msg.kind == "stop":
                     attacker.pop().close()
-                    if msg is not None and msg.kind == "stop":
-                        return None
+                    if (msg is not None and msg.kind == "stop") or fed.server.poll() is not None:
+                        over.append(True)
                     continue
                 if getattr(msg, "kind", "") == "fit":
                     return msg.task_id
+            return None
 
         @settings(max_examples=60, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         @given(st.data())
         def attack(data):
+            # drawn before the coordinator is asked, so that what hypothesis draws never
+            # depends on how far the run got (it replays cases and checks they draw alike)
+            chunks = data.draw(frames(AWAITED))
             task_id = next_fit_task()
             if task_id is None:
                 return  # the run is over: nothing left to attack
-            for chunk in data.draw(frames(task_id)):
+            for chunk in chunks:
+                if chunk.task_id == AWAITED:
+                    chunk.task_id = task_id
                 attacker[0].outbox.put(chunk)
             assert fed.server.poll() is None, fed.log("serve")[-3000:]
 
