@@ -118,7 +118,7 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
         parts.append(bias_part(cfg, runtime, bench, params))
     f = cfg.fairness
     if f.site_steps or f.site_uplink or f.site_link_mbps:
-        from .equity.low_resource import ResourcePart
+        from .equity.low_resource import ResourcePart, fitted_uplinks
 
         known = set(site_names(runtime, "fairness.site_*"))
         for key in ("site_steps", "site_uplink", "site_link_mbps"):
@@ -126,7 +126,11 @@ def round_parts(cfg: RunConfig, runtime: Runtime, bench: Any,
             if unknown:
                 raise ConfigError(f"fairness.{key} names {unknown[0]!r}, which is not a site; "
                                   f"sites: {', '.join(sorted(known)[:5])}")
-        parts.append(ResourcePart(f.site_steps, f.site_uplink, f.site_link_mbps))
+        fitted = fitted_uplinks(f.site_link_mbps, f.upload_budget_s, bench.flat.spec.numel,
+                                given=f.site_uplink, default=cfg.compression.uplink,
+                                block=cfg.compression.block) if f.upload_budget_s else {}
+        parts.append(ResourcePart(f.site_steps, {**f.site_uplink, **fitted}, f.site_link_mbps,
+                                  tuple(fitted)))
     if cfg.screening.enabled:
         from .equity.screening_part import ScreeningPart
 

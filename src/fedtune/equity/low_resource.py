@@ -9,7 +9,13 @@ Partial work is normalised as FedNova does (Wang et al. 2020): when any site has
 round part turns on the strategy's step normalisation, so a site that took 5 steps is not
 outweighed by one that took 50 for the same data, nor does it drag the aggregate toward its
 shorter trajectory. The declared link speed prices each site's upload in seconds in the
-report (bytes up x 8 / speed), beside its contribution and its steps.
+report (bytes up x 8 / speed), beside its contribution and its steps. With
+``fairness.upload_budget_s``, a site whose update would take longer than that on its declared
+link (and that has no compression of its own in ``site_uplink``) gets top-k with 8-bit
+values sized so that an upper bound on its update's bytes (:func:`upload_bound`: top-k's gap
+stream holds at most one byte per kept value plus one per 255 positions) fits the budget
+(:func:`fitted_uplinks`); error feedback keeps what it leaves out for later rounds (Stich et
+al. 2018, "Sparsified SGD with Memory").
 
 The declarations travel to every site as two instruction strings (``site=value`` pairs);
 each site reads its own entry (:class:`SiteBudget`, a node hook), so one broadcast
@@ -23,15 +29,56 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from ..algorithms.compression import CompressionSpec, keep_count
 from ..algorithms.strategy import Strategy
 from ..algorithms.transforms import uplink_chain
 from ..node.context import FitContext
 from ..node.uplink import UplinkTransforms
+
+HEADER_BYTES = 2048  # a result's header, framing and small tensors, beyond the update (a bound)
+
+
+def upload_bound(spec: str, numel: int, block: int = 256) -> int:
+    """An upper bound on the bytes of a result carrying ``numel`` values under ``spec``."""
+    s = CompressionSpec.parse(spec, block=block) if spec else CompressionSpec(block=block)
+    k = keep_count(numel, s.fraction) if s.sparsify else numel
+    index = k + numel // 255 + 1 if s.sparsify == "topk" else 0
+    if s.coder in ("fp16", "bf16"):
+        values = 2 * k
+    elif s.bits:
+        values = math.ceil(k * s.bits / 8) + 4 * math.ceil(k / s.block)
+    else:
+        values = 4 * k
+    return HEADER_BYTES + index + values
+
+
+def fitted_uplinks(link_mbps: dict[str, float], budget_s: float, numel: int, *,
+                   given: dict[str, str], default: str, block: int) -> dict[str, str]:
+    """The compression each declared link needs to upload within ``budget_s`` (sites whose
+    ``default`` upload fits, and sites with an uplink of their own, are left out)."""
+    from ..errors import ConfigError
+
+    out = {}
+    for site, mbps in sorted(link_mbps.items()):
+        budget = int(budget_s * mbps * 1e6 / 8)
+        if site in given or upload_bound(default, numel, block) <= budget:
+            continue
+        # top-k + q8: k gap bytes + numel / 255 fills + k value bytes + 4 per block of scales
+        k = math.floor((budget - HEADER_BYTES - numel // 255 - 5) / (2 + 4 / block))
+        if k < 1:
+            raise ConfigError(f"fairness.site_link_mbps: {site}'s {mbps:g} Mbit/s cannot carry "
+                              f"even one value of the update in fairness.upload_budget_s = "
+                              f"{budget_s:g} s ({budget} bytes); raise the budget")
+        exact = (min(k, numel) - 0.5) / numel  # ceil(exact x numel) keeps k values
+        scale = 10 ** (3 - math.floor(math.log10(exact)))  # four significant digits, down
+        out[site] = f"topk:{math.floor(exact * scale) / scale:.4g}+q8"
+    return out
 
 
 def encode(entries: dict[str, Any]) -> str:
@@ -82,6 +129,7 @@ class ResourcePart:
     steps: dict[str, int]
     uplink: dict[str, str]
     link_mbps: dict[str, float]
+    fitted: tuple[str, ...] = ()  # sites whose uplink fitted_uplinks chose
     name: str = "resources"
 
     def adapt(self, strategy: Strategy) -> Strategy:
@@ -119,5 +167,6 @@ class ResourcePart:
     def summary(self, state: None) -> dict[str, Any]:
         sites = sorted(set(self.steps) | set(self.uplink) | set(self.link_mbps))
         return {"sites": {s: {"steps": self.steps.get(s), "uplink": self.uplink.get(s),
-                              "link_mbps": self.link_mbps.get(s)} for s in sites},
+                              "link_mbps": self.link_mbps.get(s),
+                              "uplink_fitted": s in self.fitted} for s in sites},
                 "normalized_by_steps": bool(self.steps)}

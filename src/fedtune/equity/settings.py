@@ -25,6 +25,8 @@
                            5 local steps a round (partial work normalised as FedNova does)
 ``site_uplink``            a compression setting per site, in place of compression.uplink
 ``site_link_mbps``         a link speed per site: its upload time in the report
+``upload_budget_s``        seconds an upload may take on its site's declared link: a site that
+                           would take longer (and has no site_uplink) gets top-k + q8 that fits
 ``group_feature``          the index of the input feature that holds a group attribute (-1:
                            none); its values are the groups (low / high around the median
                            when it has more than 10)
@@ -62,6 +64,7 @@ class FairnessSection(BaseModel):
     site_uplink: dict[str, str] = Field(default_factory=dict)
     site_link_mbps: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=dict)
+    upload_budget_s: float = Field(0.0, ge=0, allow_inf_nan=False)  # 0: no compression chosen
 
     @field_validator("site_uplink")
     @classmethod
@@ -107,7 +110,10 @@ def check_equity(cfg: Any) -> None:
         raise ValueError(f"fairness.contribution = \"{f.contribution}\" scores single sites' "
                          "updates, which secure aggregation hides and client-level DP does not "
                          "cover; set fairness.contribution = \"off\" for private runs")
-    if (f.site_uplink or f.site_steps) and s.mode == "secagg":
+    if f.upload_budget_s and not f.site_link_mbps:
+        raise ValueError("fairness.upload_budget_s sizes uploads to the sites' declared links; "
+                         "declare them in fairness.site_link_mbps (site -> Mbit/s)")
+    if (f.site_uplink or f.site_steps or f.upload_budget_s) and s.mode == "secagg":
         raise ValueError("fairness.site_uplink and fairness.site_steps change single sites' "
                          "updates, which secure aggregation sums masked; leave them empty")
     if s.name not in FAIR_STRATEGIES:
