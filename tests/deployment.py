@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -90,6 +91,30 @@ class Federation:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def run_with_tokens(root: Path, toml_of: Any, overrides: list[str], sites: list[str]) -> str:
+    """A coordinator with mutual TLS and a token per site (so it knows every site by name),
+    and the ``sites`` joining with their certificates; the coordinator's JSON summary.
+    ``toml_of`` turns ``section.key=value`` overrides into a TOML document."""
+    from fedtune.runtime.grpc.security import make_certificates
+
+    pki = root / "pki"
+    make_certificates(pki, sites=sites, hosts=["127.0.0.1"])
+    server = ['server.address="{address}"', f'server.tls_cert="{pki / "coordinator.pem"}"',
+              f'server.tls_key="{pki / "coordinator.key"}"',
+              f'server.client_ca="{pki / "ca.pem"}"', f'server.tokens="{pki / "tokens.toml"}"',
+              "server.wait_for_sites_s=120"]
+    fed = Federation(root, toml_of([*overrides, 'run.workspace="{workspace}"', *server]))
+    try:
+        fed.serve()
+        for site in sites:
+            fed.join(site, "--ca", str(pki / "ca.pem"), "--cert", str(pki / f"{site}.pem"),
+                     "--key", str(pki / f"{site}.key"),
+                     "--token", (pki / f"{site}.token").read_text().strip())
+        return fed.finish()
+    finally:
+        fed.close()
 
 
 class RawSite:

@@ -10,10 +10,9 @@ import pytest
 from fedtune.config import load_config
 from fedtune.errors import ConfigError
 from fedtune.experiment import run
-from fedtune.runtime.grpc.security import make_certificates
 from fedtune.store import RunStore
 
-from .deployment import Federation
+from .deployment import run_with_tokens
 from .test_pinned_runs import ALL_SITES, BASE, as_toml
 
 CASE = [*BASE, *ALL_SITES, 'fairness.contribution="gtg"']
@@ -22,24 +21,9 @@ CASE = [*BASE, *ALL_SITES, 'fairness.contribution="gtg"']
 def test_gtg_shapley_over_grpc_scores_as_in_process(tmp_path):
     local = run(load_config(None, [*CASE, f'run.workspace="{tmp_path / "local"}"']))
     sites = [f"node-{i}" for i in range(4)]
-    pki = tmp_path / "pki"
-    make_certificates(pki, sites=sites, hosts=["127.0.0.1"])
-    server = ['server.address="{address}"', f'server.tls_cert="{pki / "coordinator.pem"}"',
-              f'server.tls_key="{pki / "coordinator.key"}"',
-              f'server.client_ca="{pki / "ca.pem"}"', f'server.tokens="{pki / "tokens.toml"}"',
-              "server.wait_for_sites_s=120"]
-    fed = Federation(tmp_path, as_toml([*CASE, 'run.workspace="{workspace}"', *server]))
-    try:
-        fed.serve()
-        for site in sites:
-            fed.join(site, "--ca", str(pki / "ca.pem"), "--cert", str(pki / f"{site}.pem"),
-                     "--key", str(pki / f"{site}.key"),
-                     "--token", (pki / f"{site}.token").read_text().strip())
-        summary = json.loads(fed.finish())
-    finally:
-        fed.close()
-    assert summary["status"] == "complete", fed.log()[-3000:]
-    store = RunStore(fed.root / "ws")
+    summary = json.loads(run_with_tokens(tmp_path, as_toml, CASE, sites))
+    assert summary["status"] == "complete"
+    store = RunStore(tmp_path / "ws")
     try:
         remote = store.load_run("last")["result"]["extra"]["contribution"]
     finally:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedtune.algorithms.compression import CompressionSpec, compress
+from fedtune.config import load_config
 from fedtune.equity.low_resource import HEADER_BYTES, encode, entry, fitted_uplinks, upload_bound
 from fedtune.errors import ConfigError
 from fedtune.experiment import run
@@ -90,3 +91,30 @@ def test_a_slow_link_gets_the_compression_that_fits_its_upload_budget(tmp_path):
                          "fairness.upload_budget_s=0.01"), store=False)
     with pytest.raises(ConfigError, match=r"declare them in fairness\.site_link_mbps"):
         small_config("fairness.upload_budget_s=1")
+
+
+def test_budgets_for_hundreds_of_sites_travel_in_one_instruction():
+    from fedtune.equity.low_resource import ResourcePart, as_text
+    from fedtune.types import FitIns
+    from fedtune.wire import decode
+    from fedtune.wire import encode as wire_encode
+
+    sites = [f"clinic-{i:03d}" for i in range(300)]
+    part = ResourcePart({s: 3 for s in sites}, {s: "topk:0.5373+q8" for s in sites}, {})
+    ins = FitIns(1, torch.zeros(10), {}, part.instruction_aux(None))
+    back = decode(wire_encode(ins))  # the coordinator's message as a site decodes it
+    assert entry(as_text(back.aux["site_steps"]), "clinic-299") == "3"
+    assert entry(as_text(back.aux["site_uplink"]), "clinic-000") == "topk:0.5373+q8"
+    assert len(as_text(back.aux["site_uplink"])) > 512 * 10
+
+
+def test_low_resource_sites_over_grpc_as_in_process(tmp_path):
+    from .deployment import run_with_tokens
+    from .test_pinned_runs import ALL_SITES, BASE, as_toml, fingerprint
+
+    case = [*BASE, *ALL_SITES, 'fairness.site_steps={"node-2" = 1}',
+            'fairness.site_link_mbps={"node-1" = 0.1}', "fairness.upload_budget_s=0.2"]
+    local = run(load_config(None, [*case, f'run.workspace="{tmp_path / "local"}"']))
+    assert local.extra["resources"]["sites"]["node-1"]["uplink_fitted"]
+    run_with_tokens(tmp_path, as_toml, case, [f"node-{i}" for i in range(4)])
+    assert fingerprint(tmp_path / "ws") == fingerprint(tmp_path / "local")

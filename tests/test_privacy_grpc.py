@@ -11,34 +11,17 @@ import pytest
 
 from fedtune.config import load_config
 from fedtune.experiment import run
-from fedtune.runtime.grpc.security import make_certificates
 from fedtune.store import RunStore
 
-from .deployment import Federation
+from .deployment import Federation, run_with_tokens
 from .test_pinned_runs import BASE, CASES, as_toml, expected, fingerprint
 
 
 @pytest.mark.parametrize("name", ["all-dp-distributed-adaptive", "all-secagg-dp"])
 def test_distributed_dp_over_grpc_matches_the_in_process_pin(tmp_path, name):
-    sites = [f"node-{i}" for i in range(4)]
-    pki = tmp_path / "pki"
-    make_certificates(pki, sites=sites, hosts=["127.0.0.1"])
-    server = ['server.address="{address}"', f'server.tls_cert="{pki / "coordinator.pem"}"',
-              f'server.tls_key="{pki / "coordinator.key"}"',
-              f'server.client_ca="{pki / "ca.pem"}"', f'server.tokens="{pki / "tokens.toml"}"',
-              "server.wait_for_sites_s=120"]
-    fed = Federation(tmp_path, as_toml([*BASE, *CASES[name], 'run.workspace="{workspace}"',
-                                        *server]))
-    try:
-        fed.serve()
-        for site in sites:
-            fed.join(site, "--ca", str(pki / "ca.pem"), "--cert", str(pki / f"{site}.pem"),
-                     "--key", str(pki / f"{site}.key"),
-                     "--token", (pki / f"{site}.token").read_text().strip())
-        fed.finish()
-    finally:
-        fed.close()
-    assert fingerprint(tmp_path / "ws") == expected(name, tmp_path), fed.log()[-3000:]
+    run_with_tokens(tmp_path, as_toml, [*BASE, *CASES[name]], [f"node-{i}" for i in range(4)])
+    assert fingerprint(tmp_path / "ws") == expected(name, tmp_path), \
+        (tmp_path / "serve.log").read_text()[-3000:]
     store = RunStore(tmp_path / "ws")
     try:
         run = store.load_run("last")

@@ -82,7 +82,8 @@ FIELDS: dict[str, type[MessageFields]] = {"FitIns": FitInsFields, "FitRes": FitR
 _PACKED = "aux.packed."
 TENSORS: dict[str, dict[str, tuple[torch.dtype | None, int | None]]] = {
     "FitIns": {"params": (torch.float32, 1), "aux.scaffold_c": (torch.float32, 1),
-               "aux.buffers": (torch.float32, 1), "aux.fedex_theta": (torch.float32, 1)},
+               "aux.buffers": (torch.float32, 1), "aux.fedex_theta": (torch.float32, 1),
+               "aux.site_steps": (torch.uint8, 1), "aux.site_uplink": (torch.uint8, 1)},
     "FitRes": {"update": (torch.float32, 1), "meter": (torch.float64, 1),
                "aux.scaffold_dc": (torch.float32, 1), "aux.dp_clip_bit": (torch.float32, 1),
                "aux.buffers": (torch.float32, 1), "aux.fedex_choice": (torch.float32, 1),

@@ -17,9 +17,11 @@ stream holds at most one byte per kept value plus one per 255 positions) fits th
 (:func:`fitted_uplinks`); error feedback keeps what it leaves out for later rounds (Stich et
 al. 2018, "Sparsified SGD with Memory").
 
-The declarations travel to every site as two instruction strings (``site=value`` pairs);
-each site reads its own entry (:class:`SiteBudget`, a node hook), so one broadcast
-instruction serves every site.
+The declarations travel to every site as two byte strings of ``site=value`` pairs in the
+instruction's aux tensors (``aux.site_steps``, ``aux.site_uplink``; an instruction's config
+strings are capped at 512 characters, which would hold a few dozen sites); each site reads
+its own entry (:class:`SiteBudget`, a node hook), so one broadcast instruction serves every
+site.
 
 References:
     Wang, Liu, Liang, Joshi & Poor 2020, "Tackling the Objective Inconsistency Problem in
@@ -86,6 +88,24 @@ def encode(entries: dict[str, Any]) -> str:
     return ",".join(f"{site}={value}" for site, value in sorted(entries.items()))
 
 
+def as_bytes(text: str) -> torch.Tensor:
+    """An :func:`encode` string as the uint8 tensor an instruction carries it in."""
+    return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8) if text else \
+        torch.zeros(0, dtype=torch.uint8)
+
+
+def as_text(data: torch.Tensor | None) -> str:
+    """The string :func:`as_bytes` made ("" for None); bytes that are not UTF-8 are refused."""
+    from ..errors import MessageError
+
+    if data is None:
+        return ""
+    try:
+        return bytes(data.to(torch.uint8).tolist()).decode()
+    except UnicodeDecodeError:
+        raise MessageError("a site budget in the instruction is not UTF-8 text") from None
+
+
 def entry(text: str, node_id: str) -> str | None:
     """This site's value in an :func:`encode` string, or None."""
     for pair in text.split(",") if text else []:
@@ -139,10 +159,14 @@ class ResourcePart:
         return None
 
     def node_config(self, state: None) -> dict[str, str]:
-        return {"site_steps": encode(self.steps), "site_uplink": encode(self.uplink)}
+        return {}
 
     def instruction_aux(self, state: None) -> dict[str, torch.Tensor]:
-        return {}
+        # as bytes, not config strings: an instruction's strings are capped at 512
+        # characters, which would hold the entries of a few dozen sites
+        out = {"site_steps": as_bytes(encode(self.steps)),
+               "site_uplink": as_bytes(encode(self.uplink))}
+        return {k: v for k, v in out.items() if v.numel()}
 
     def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: None,
               node_id: str) -> float:

@@ -104,10 +104,11 @@ def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor],
         hooks.append(SecAggInput(Ring(instructions.secagg_bits, instructions.secagg_clip,
                                       instructions.secagg_summands)))
     budget = None
-    if instructions.site_steps or instructions.site_uplink:  # a low-resource site's own
-        from ..equity.low_resource import SiteBudget
+    if "site_steps" in aux or "site_uplink" in aux:  # a low-resource site's own
+        from ..equity.low_resource import SiteBudget, as_text
 
-        budget = SiteBudget(node_id, instructions.site_steps, instructions.site_uplink,
+        budget = SiteBudget(node_id, as_text(aux.get("site_steps")),
+                            as_text(aux.get("site_uplink")),
                             error_feedback=instructions.error_feedback, block=instructions.block)
     if instructions.uplink and not (budget is not None and budget.compresses):
         hooks.append(UplinkTransforms(uplink_chain(

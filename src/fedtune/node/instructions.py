@@ -65,9 +65,6 @@ class NodeInstructions:
     attack_classes: int = 0
     # fair aggregation (fedtune.equity): rows the global model's loss is measured on, 0 = off
     fair_loss_rows: int = 0
-    # low-resource sites (fedtune.equity.low_resource): "site=value" pairs, each site its own
-    site_steps: str = ""
-    site_uplink: str = ""
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> NodeInstructions:
