@@ -122,12 +122,15 @@ class RawSite:
     stub (not fedtune's hand-made frames), so it also checks that fedtune's frames are plain
     ``Chunk`` protobufs both ways."""
 
-    def __init__(self, address: str, site: str, hello: bytes | None = None) -> None:
+    def __init__(self, address: str, site: str, hello: bytes | None = None, *,
+                 ready: bool = True) -> None:
         self.outbox: queue.Queue = queue.Queue()
         self.inbox: queue.Queue = queue.Queue()
         self.channel = grpc.insecure_channel(address)
+        self.site = site
         self.outbox.put(hello or control_chunk("hello", site=site))
-        self.outbox.put(control_chunk("ready", text='{"train_examples": 100}', site=site))
+        if ready:
+            self.ready()
 
         def requests():
             while (item := self.outbox.get()) is not None:
@@ -136,6 +139,10 @@ class RawSite:
         self.responses = FederationStub(self.channel).Session(
             requests(), metadata=(("x-fedtune-site", site),))
         threading.Thread(target=self._pump, daemon=True).start()
+
+    def ready(self) -> None:
+        """Say ready: from now on the coordinator may give this site tasks."""
+        self.outbox.put(control_chunk("ready", text='{"train_examples": 100}', site=self.site))
 
     def _pump(self) -> None:
         try:

@@ -119,8 +119,14 @@ def test_protocol_fuzz_against_a_real_coordinator(tmp_path):
     reasons: list[str] = []  # what the coordinator told the attacker
     try:
         fed.serve()
+        fed.wait_for_log("serve", "listening on")
+        # connected before the honest site joins, ready once it is: honest rounds take a few
+        # milliseconds, and a whole run could pass while a new session was being opened
+        attacker.append(RawSite(fed.address, "attacker", ready=False))
+        fed.wait_for_log("serve", "site attacker joined")
         fed.join("node-0")
         fed.wait_for_log("serve", "site node-0 ready")
+        attacker[0].ready()
 
         over: list[bool] = []  # the run ended (on a loaded machine, before the last case)
 
