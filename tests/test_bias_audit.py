@@ -61,6 +61,19 @@ def test_every_round_is_audited_and_the_summary_says_what_it_found():
                          "fairness.group_feature=99"), store=False)
 
 
+def test_audit_every_n_rounds_audits_those_rounds_only():
+    cfg = small_config('data.dataset="breast_cancer"', "fairness.audit=true", "run.rounds=5",
+                       "fairness.audit_every=2", "energy.enabled=false")
+    bias = run(cfg, store=False).extra["bias"]
+    rows = bias["per_round"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5] and bias["audit_every"] == 2
+    assert [r["site_gap_pts"] is not None for r in rows] == [False, True, False, True, False]
+    every = run(small_config('data.dataset="breast_cancer"', "fairness.audit=true",
+                             "run.rounds=5", "energy.enabled=false"), store=False).extra["bias"]
+    assert [rows[i] for i in (1, 3)] == [every["per_round"][i] for i in (1, 3)]
+    assert "by_site" in bias  # the final model is audited in the summary all the same
+
+
 def test_fedtune_audit_bias_on_a_stored_run(tmp_path):
     done = subprocess.run([FEDTUNE, "run", "--set", "run.rounds=3", "--set",
                            f'run.workspace="{tmp_path}"', "--set", "run.checkpoint_every=3",

@@ -87,7 +87,10 @@ def test_a_served_run_is_audited_from_the_sites_counts_as_in_process(tmp_path):
     assert remote["sites_reporting"] == 4 and "note" not in remote
     assert _comparable(remote) == _comparable(mine)
     assert set(remote["by_group"]["entries"]) == {"low", "high"}
-    assert remote["per_round"] == [] and len(mine["per_round"]) == 3
+    # every round audited, over gRPC from the sites' counts (rounds 1 and 2 each one
+    # evaluation exchange, round 3 the final evaluation's): the figures of one process
+    assert len(mine["per_round"]) == 3 and remote["per_round"] == mine["per_round"]
+    assert all(row["site_gap_pts"] is not None for row in remote["per_round"])
     again = subprocess.run([FEDTUNE, "audit", "last", "--bias", "-w", str(tmp_path / "ws")],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "served to real sites" in again.stderr

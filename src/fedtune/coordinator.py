@@ -42,7 +42,7 @@ from .node.instructions import NodeInstructions
 from .node.node import Workbench
 from .node.trainer import LocalPlan, evaluate_model, train_locally
 from .params import unflatten
-from .personal.evaluation import round_personal_eval, training_sites
+from .personal.evaluation import round_evaluation, training_sites
 from .personal.node_parts import load_global
 from .privacy.sample_level import reported_epsilon
 from .round_parts import round_parts
@@ -279,7 +279,8 @@ class Coordinator:
                 return len(self.y_test)
 
             ledger.append(self.meter_server(round_, "evaluate", evaluate))
-        personal = round_personal_eval(self, round_)  # personal models, every N rounds
+        personal, evaluated = round_evaluation(self, round_)  # personal models, bias counts
+        ledger.extend(evaluated)
         if personal is not None:
             self.personal_rounds.append(personal)
         # in the order of ``nodes`` (selection order), not arrival order: every runtime then

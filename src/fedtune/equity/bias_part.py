@@ -1,16 +1,17 @@
-"""The hidden-bias audit (:mod:`fedtune.equity.bias_audit`) after every round
-(``fairness.audit = true``), as a round part, and on a stored run (``fedtune audit RUN
+"""The hidden-bias audit (:mod:`fedtune.equity.bias_audit`) every ``fairness.audit_every``
+rounds (``fairness.audit = true``), as a round part, and on a stored run (``fedtune audit RUN
 --bias``).
 
-After each round's step the part audits the new global model on every site's test split and
-keeps the round's headline figures (the sites' accuracy gap, parity and odds differences, the
-classes' gap, the flags) in its state, so a resumed run keeps the trend; the run's summary
-holds the full audit of the final model. The sites' test data is read where the coordinator
-holds it (simulation and Ray: the same data the final per-site evaluation uses). Over gRPC
-the coordinator holds no site's data: the final evaluation asks every site for its counts of
-(label, prediction, group value) (:mod:`fedtune.equity.bias_counts`) and the summary audits
-those; the rounds before are not audited (each would need an evaluation exchange), and the
-summary says so.
+After an audited round's step the part audits the new global model on every site's test
+split and keeps the round's headline figures (the sites' accuracy gap, parity and odds
+differences, the classes' gap, the flags) in its state, so a resumed run keeps the trend; the
+run's summary holds the full audit of the final model. The sites' test data is read where the
+coordinator holds it (simulation and Ray: the same data the final per-site evaluation uses).
+Over gRPC the coordinator holds no site's data: an audited round asks every training site,
+in one evaluation exchange (:func:`fedtune.personal.evaluation.round_evaluation`), for its
+counts of (label, prediction, group value) (:mod:`fedtune.equity.bias_counts`), and the
+final evaluation does the same for the summary. The same rounds are audited in every
+runtime, with the same figures.
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ HEADLINE = ("site_gap_pts", "site_parity_diff", "site_odds_diff", "class_gap_pts
 
 @dataclass
 class BiasState:
-    """Each round's headline figures (rounds x :data:`HEADLINE`, NaN: not audited yet)."""
+    """Each round's headline figures (rounds x :data:`HEADLINE`, NaN: not audited) and how
+    many rounds have closed."""
 
     history: torch.Tensor
-    audited: int = 0
+    audited: int = 0  # rounds closed (the rows of ``history`` written so far)
 
 
 @dataclass
 class BiasAuditPart:
-    """Audits the global model after every round."""
+    """Audits the global model every ``every`` rounds (0: the final model only)."""
 
     sites: list[str]
     rounds: int
@@ -48,15 +50,22 @@ class BiasAuditPart:
     group_feature: int = -1
     remote: bool = False  # sites over gRPC: audited from their counts (:meth:`reported`)
     classes: int = 0
+    every: int = 1
     name: str = "bias"
 
     def __post_init__(self) -> None:
         self.counts: dict[str, tuple[torch.Tensor, int]] = {}
+        self.fresh = False  # counts of the current model, not audited yet
+
+    def due(self, round_: int) -> bool:
+        """Whether round ``round_``'s model is audited."""
+        return bool(self.every) and round_ % self.every == 0
 
     def reported(self, evals: dict[str, Any]) -> None:
-        """The final evaluation's replies (site -> EvalRes): their counts, for the summary."""
+        """An evaluation's replies (site -> EvalRes): their counts of the current model."""
         self.counts = {k: (v.aux["bias_counts"], v.num_examples) for k, v in evals.items()
                        if "bias_counts" in v.aux}
+        self.fresh = True
 
     def adapt(self, strategy: Strategy) -> Strategy:
         return strategy
@@ -96,14 +105,18 @@ class BiasAuditPart:
         return audit_model(flat.module, self.bench.task.data.nodes, self.sites,
                            margin_pts=self.margin_pts, group_feature=self.group_feature)
 
-    def after_round(self, state: BiasState) -> None:
-        if self.remote:
-            return  # the sites' data is theirs: only the final model is audited
+    def _keep(self, state: BiasState, round_: int) -> None:
         figures = headline(self.audit())
-        if state.audited < self.rounds:
-            state.history[state.audited] = torch.tensor([figures[k] for k in HEADLINE],
-                                                        dtype=torch.float64)
+        if 0 < round_ <= self.rounds:
+            state.history[round_ - 1] = torch.tensor([figures[k] for k in HEADLINE],
+                                                     dtype=torch.float64)
+
+    def after_round(self, state: BiasState) -> None:
         state.audited += 1
+        if not self.due(state.audited) or (self.remote and not self.fresh):
+            return  # a served run's last round: audited from the final evaluation's counts
+        self._keep(state, state.audited)
+        self.fresh = False
 
     def round_metrics(self, state: BiasState) -> dict[str, float]:
         return {}
@@ -112,13 +125,16 @@ class BiasAuditPart:
         return None
 
     def summary(self, state: BiasState) -> dict[str, Any]:
+        last = state.audited
+        if self.remote and self.fresh and self.due(last) and 0 < last <= self.rounds \
+                and math.isnan(float(state.history[last - 1, 0])):
+            self._keep(state, last)  # the final evaluation's counts are the last round's
         report = self.audit()
-        if self.remote:
-            report["per_round_note"] = ("served run: the final model is audited from the "
-                                        "sites' counts; the rounds before are not")
+        report["audit_every"] = self.every
         report["per_round"] = [
-            {k: (None if math.isnan(v) else v) for k, v in zip(HEADLINE, row, strict=True)}
-            for row in state.history[:state.audited].tolist()]
+            {"round": i + 1, **{k: (None if math.isnan(v) else v)
+                                for k, v in zip(HEADLINE, row, strict=True)}}
+            for i, row in enumerate(state.history[:last].tolist())]
         return report
 
 
@@ -135,7 +151,7 @@ def bias_part(cfg: Any, runtime: Any, bench: Any,
     remote = runtime.capabilities.nodes_join
     return BiasAuditPart([] if remote else sorted(runtime.node_ids), cfg.run.rounds, bench,
                          params, f.margin_pts, f.group_feature, remote=remote,
-                         classes=head_bias(bench.flat.module).numel())
+                         classes=head_bias(bench.flat.module).numel(), every=f.audit_every)
 
 
 def audit_stored_run(data: dict[str, Any], *, margin_pts: float | None = None,

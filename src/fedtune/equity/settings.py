@@ -18,7 +18,10 @@
                            estimates settle)
 ``truncation``             GTG-Shapley's truncation, in points: stop a permutation once
                            the utility is within this much of the full coalition's
-``audit``                  the hidden-bias audit after every round (and in the summary)
+``audit``                  the hidden-bias audit (in the summary, and every ``audit_every``
+                           rounds)
+``audit_every``            rounds between audits (0: the final model only); a served run's
+                           audit is one evaluation exchange with every training site
 ``margin_pts``             a site, class or group is flagged when its accuracy is more than this
                            many points below the mean
 ``site_steps``             a compute budget per site: ``{"node-3" = 5}`` trains node-3 at most
@@ -57,6 +60,7 @@ class FairnessSection(BaseModel):
     shapley_permutations: int = Field(50, ge=1)
     truncation: float = Field(0.1, ge=0)  # points of accuracy
     audit: bool = False
+    audit_every: int = Field(1, ge=0)
     margin_pts: float = Field(10.0, ge=0)
     group_feature: int = Field(-1, ge=-1)
     # low-resource sites (fedtune.equity.low_resource): site -> steps, compression, Mbps

@@ -14,14 +14,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from ..algorithms.fairness import fairness_summary
 from ..algorithms.selection import FixedSize
+from ..runtime.base import Reply
 from ..seeds import derived_seed
-from ..types import EvalIns, EvalRes, Scalar
+from ..types import EvalIns, EvalRes, NodeFailure, NodeRoundRecord, Scalar
 from .node_parts import BUFFERS
+
+log = logging.getLogger("fedtune")
 
 # ``coord`` is the run's fedtune.coordinator.Coordinator (not imported: it imports this module)
 Coordinator = Any
@@ -94,20 +99,55 @@ def personal_summary(evals: dict[str, EvalRes]) -> dict[str, Any]:
     return out
 
 
-def round_personal_eval(coord: Coordinator, round_: int) -> dict[str, Any] | None:
-    """Every ``personalization.eval_every`` rounds: the personal models of the training
-    sites, summarized (None in other rounds)."""
+def collect_evals(replies: Iterable[Reply], round_: int, steps: int,
+                  ) -> tuple[dict[str, EvalRes], list[NodeRoundRecord]]:
+    """Each site's evaluation and its ledger row; a site that failed is logged and left out."""
+    out: dict[str, EvalRes] = {}
+    ledger = []
+    for reply in replies:
+        res = reply.result
+        if isinstance(res, EvalRes):
+            out[res.node_id] = res
+            m = res.meter
+            ledger.append(NodeRoundRecord(round_, res.node_id, "evaluate", res.num_examples,
+                                          steps, float("nan"), m.wall_s, m.cpu_s,
+                                          reply.bytes_down, reply.bytes_up, m.energy_j,
+                                          m.co2_g, m.energy_method))
+        else:
+            reason = res.reason if isinstance(res, NodeFailure) else "answered with the wrong kind"
+            log.warning("evaluation: node %s failed: %s", res.node_id, reason)
+    return out, ledger
+
+
+def round_evaluation(coord: Coordinator, round_: int,
+                     ) -> tuple[dict[str, Any] | None, list[NodeRoundRecord]]:
+    """A round's evaluation exchange with the training sites, when one is due: every
+    ``personalization.eval_every`` rounds for the personal models (summarized), and every
+    ``fairness.audit_every`` rounds of a served run with the bias audit for the sites' counts
+    (handed to the audit); one exchange serves both. Returns the summary (None when the
+    personal models were not due) and the exchange's ledger rows. The last round has none:
+    the final evaluation follows it."""
+    from ..equity.bias_part import BiasAuditPart
+
+    if round_ == coord.cfg.run.rounds:
+        return None, []
     every = coord.cfg.personalization.eval_every
-    if not every or round_ % every or round_ == coord.cfg.run.rounds:
-        return None
-    sites = training_sites(coord)
-    evals = {r.result.node_id: r.result for r in
-             coord.runtime.evaluate(sites, eval_instruction(coord, round_))
-             if isinstance(r.result, EvalRes)}
+    personal = bool(every) and round_ % every == 0
+    audit = next((part for part in coord.round_parts if isinstance(part, BiasAuditPart)
+                  and part.remote and part.due(round_)), None)
+    if not personal and audit is None:
+        return None, []
+    ins = eval_instruction(coord, round_, None if personal else 0)
+    evals, ledger = collect_evals(coord.runtime.evaluate(training_sites(coord), ins), round_,
+                                  int(ins.config["personalize_steps"]))
+    if audit is not None:
+        audit.reported(evals)
+    if not personal:
+        return None, ledger
     summary = personal_summary(evals)
     summary.pop("gain_over_global_pts")
     summary.pop("per_site_acc")
-    return {"round": round_, **summary}
+    return {"round": round_, **summary}, ledger
 
 
 def adaptation(coord: Coordinator) -> dict[str, Any]:

@@ -58,19 +58,22 @@ def contribution_cost(runs: list[Run]) -> go.Figure | None:
 
 
 def bias_rounds(runs: list[Run]) -> go.Figure | None:
-    """The bias audit after every round: the sites' and the classes' accuracy gaps."""
+    """The bias audit after each audited round: the sites' and the classes' accuracy gaps."""
     fig = go.Figure()
     for run, color in zip(runs, itertools.cycle(COLORS)):
-        rows = _extra(run, "bias").get("per_round") or []
+        every = _extra(run, "bias").get("per_round") or []
+        # rows carry their round (older runs: one row per round); unaudited rounds are null
+        rows = [{"round": i + 1, **r} for i, r in enumerate(every)
+                if r.get("site_gap_pts") is not None or r.get("class_gap_pts") is not None]
         if not rows:
             continue
-        x = list(range(1, len(rows) + 1))
+        x = [r["round"] for r in rows]
         fig.add_scatter(x=x, y=[r.get("site_gap_pts") for r in rows], mode="lines+markers",
                         name=f"sites' gap: {label(run)}", line={"color": color})
         fig.add_scatter(x=x, y=[r.get("class_gap_pts") for r in rows], mode="lines+markers",
                         name=f"classes' gap: {label(run)}",
                         line={"color": color, "dash": "dot"})
-    return _layout(fig, "Hidden-bias audit: best minus worst accuracy after each round",
+    return _layout(fig, "Hidden-bias audit: best minus worst accuracy after each audited round",
                    "round", "accuracy gap (points)") if fig.data else None
 
 

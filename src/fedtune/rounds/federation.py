@@ -20,9 +20,15 @@ from ..algorithms.selection import FixedSize
 from ..coordinator import Coordinator
 from ..energy.run_plan import plan_own_run, plan_vs_actual
 from ..equity.bias_part import BiasAuditPart
-from ..personal.evaluation import adaptation, eval_instruction, personal_summary, training_sites
+from ..personal.evaluation import (
+    adaptation,
+    collect_evals,
+    eval_instruction,
+    personal_summary,
+    training_sites,
+)
 from ..seeds import derived_seed
-from ..types import EvalRes, NodeFailure, NodeRoundRecord, RoundRecord, RunResult
+from ..types import EvalRes, NodeRoundRecord, RoundRecord, RunResult
 from .buffered_async import run_buffered_async
 from .sync import run_sync_rounds
 
@@ -198,20 +204,7 @@ def evaluate_nodes(coord: Coordinator) -> tuple[dict[str, EvalRes], list[NodeRou
     round_ = cfg.run.rounds
     ins = eval_instruction(coord, round_)
     steps = int(ins.config["personalize_steps"])
-    out: dict[str, EvalRes] = {}
-    ledger = []
-    for reply in runtime.evaluate(evaluated_sites(coord), ins):
-        res = reply.result
-        if isinstance(res, EvalRes):
-            out[res.node_id] = res
-            m = res.meter
-            ledger.append(NodeRoundRecord(round_, res.node_id, "evaluate", res.num_examples,
-                                          steps, float("nan"), m.wall_s,
-                                          m.cpu_s, reply.bytes_down, reply.bytes_up,
-                                          m.energy_j, m.co2_g, m.energy_method))
-        else:
-            reason = res.reason if isinstance(res, NodeFailure) else "answered with the wrong kind"
-            log.warning("evaluation: node %s failed: %s", res.node_id, reason)
+    out, ledger = collect_evals(runtime.evaluate(evaluated_sites(coord), ins), round_, steps)
     ledger = coord.grids.reprice(ledger, round_, coord.selector)  # sites' own grids
     if coord.store is not None:
         coord.store.record_ledger(coord.run_id, ledger)
