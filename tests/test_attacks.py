@@ -10,6 +10,7 @@ import torch
 from fedtune.energy import EnergyMeter
 from fedtune.errors import ConfigError
 from fedtune.experiment import run
+from fedtune.node.instructions import as_bytes
 from fedtune.node.node import Node, Workbench
 from fedtune.store import RunStore
 from fedtune.tasks import build_task
@@ -27,11 +28,12 @@ def _fit(*attack: str, sites: str = "node-0"):
     node = Node(task.data.nodes[0], seed=0, meter=EnergyMeter(use_rapl=False),
                 co2_per_joule=0.0, device=CPU)
     config = {**cfg.local.model_dump(), **dict(a.split("=") for a in attack),
-              "attack_sites": sites, "attack_classes": 10}
+              "attack_classes": 10}
     config = {k: (float(v) if k in ("attack_scale", "attack_noise") else v)
               for k, v in config.items()}
     start = bench.flat.shared.clone()
-    return node.fit(FitIns(1, start, config), bench).update, node, bench, start
+    aux = {"attack_sites": as_bytes(sites)}
+    return node.fit(FitIns(1, start, config, aux), bench).update, node, bench, start
 
 
 def test_update_attacks_do_what_they_say_to_the_honest_update():
@@ -154,3 +156,20 @@ def test_an_attacked_run_is_stored_like_any_other_and_its_ledger_names_the_attac
 def test_a_non_finite_attack_knob_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"attack\.scale"):
         small_config('attack.kind="scale"', "attack.scale=nan")
+
+
+def test_any_number_of_attackers_travel_and_an_instruction_that_cannot_is_refused_up_front():
+    from fedtune.attack.round_part import AttackPart
+    from fedtune.attack.settings import red_team_refusal
+    from fedtune.wire import decode, encode, sendable
+
+    sites = [f"clinic-{i:03d}" for i in range(300)]
+    cfg = small_config('attack.kind="sign_flip"', "attack.fraction=0.5")
+    part = AttackPart(cfg, sites, classes=10)
+    assert len(",".join(part.sites)) > 512 * 3  # once a config string, capped at 512
+    ins = FitIns(1, torch.zeros(3), part.node_config(None), part.instruction_aux(None))
+    back = decode(encode(sendable(ins)))
+    named = set(part.sites)
+    assert all((red_team_refusal(back, s) is not None) == (s in named) for s in sites)
+    with pytest.raises(ConfigError, match=r"FitIns field 'config\.note'.*at most 512"):
+        sendable(FitIns(1, torch.zeros(3), {"note": "x" * 600}))

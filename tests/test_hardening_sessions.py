@@ -93,17 +93,15 @@ def test_a_stalled_upload_loses_its_slot_and_a_silent_first_site_blocks_nobody()
         # a, first in the order, never answers; b sends one chunk of its upload and stalls
         sites["b"].outbox.put(result_chunks("b", tasks["b"].task_id, 1)[0])
         time.sleep(0.3)
-        started = time.monotonic()
         for chunk in result_chunks("c", tasks["c"].task_id, 1):
             sites["c"].outbox.put(chunk)
         first = replies.get(timeout=20)
-        waited = time.monotonic() - started
-        # c got in long before the round deadline; the stalled b lost its session
+        # c got in before the round's deadline (a's failure, below, comes after both);
+        # the stalled b lost its session
         second = replies.get(timeout=20)
         by_site = {r.result.node_id: r for r in (first, second)}
         assert isinstance(by_site["c"].result, FitRes), by_site
         assert isinstance(by_site["b"].result, NodeFailure)
-        assert waited < 15, waited
         third = replies.get(timeout=30)  # a, at the deadline
         assert third.result.node_id == "a" and isinstance(third.result, NodeFailure)
     finally:
@@ -147,8 +145,10 @@ def tokens(tmp_path):
 
 
 def test_hundreds_of_idle_sessions_do_not_lock_out_an_honest_site(tokens):
+    # the idle sessions wait far longer than the test: the honest site must get in while
+    # they are still held open, not once they time out
     runtime, address = runtime_for(insecure_no_auth=False, tokens=str(tokens / "tokens.toml"),
-                                    hello_timeout_s=2)
+                                    hello_timeout_s=300)
     evil_token = (tokens / "evil.token").read_text().strip()
     honest_token = (tokens / "honest.token").read_text().strip()
     channel = grpc.insecure_channel(address)
@@ -161,9 +161,13 @@ def test_hundreds_of_idle_sessions_do_not_lock_out_an_honest_site(tokens):
     calls = [open_session(channel)(silent(), metadata=(("x-fedtune-site", "evil"),
                                                        ("x-fedtune-token", evil_token)))
              for _ in range(300)]
+    pending = runtime.conn.pending
     try:
-        time.sleep(1.0)  # the evil site's streams are open and waiting
-        started = time.monotonic()
+        for _ in range(600):  # until the evil site's streams are open and waiting
+            if pending.by_site.get("evil", 0) >= pending.per_site:
+                break
+            time.sleep(0.05)
+        assert pending.by_site.get("evil") == pending.per_site
         with grpc.insecure_channel(address) as honest:
             hello = iter([control_chunk("hello", site="honest")])
             answers = open_session(honest)(hello, metadata=(("x-fedtune-site", "honest"),
@@ -171,8 +175,10 @@ def test_hundreds_of_idle_sessions_do_not_lock_out_an_honest_site(tokens):
             first = next(answers)
             assert first.kind == "welcome"
             answers.cancel()
-        assert time.monotonic() - started < 5
-        # beyond the per-site cap the evil streams were refused at once; the rest timed out
+        # welcomed while the attacker still held its waiting sessions
+        assert pending.by_site.get("evil") == pending.per_site
+        stop.set()  # the held sessions say hello now; none is left waiting for its timeout
+        # beyond the per-site cap the evil streams were refused at once
         refused = 0
         for call in calls:
             try:
@@ -181,7 +187,7 @@ def test_hundreds_of_idle_sessions_do_not_lock_out_an_honest_site(tokens):
                 refused += exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             except StopIteration:
                 pass
-        assert refused >= 290
+        assert refused >= 300 - pending.per_site
     finally:
         stop.set()
         for call in calls:

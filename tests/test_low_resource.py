@@ -94,7 +94,8 @@ def test_a_slow_link_gets_the_compression_that_fits_its_upload_budget(tmp_path):
 
 
 def test_budgets_for_hundreds_of_sites_travel_in_one_instruction():
-    from fedtune.equity.low_resource import ResourcePart, as_text
+    from fedtune.equity.low_resource import ResourcePart
+    from fedtune.node.instructions import as_text
     from fedtune.types import FitIns
     from fedtune.wire import decode
     from fedtune.wire import encode as wire_encode

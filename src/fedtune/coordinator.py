@@ -52,7 +52,7 @@ from .seeds import derived_seed
 from .store import RunStore
 from .store_writer import RoundWriter
 from .types import FitIns, FitRes, NodeFailure, NodeRoundRecord, RoundRecord
-from .wire import all_finite
+from .wire import all_finite, sendable
 
 log = logging.getLogger("fedtune")
 SERVER = "coordinator"
@@ -172,11 +172,11 @@ class Coordinator:
         config = dict(self.node_config)
         for part in self.round_parts:
             config.update(part.node_config(self.state.parts[part.name]))
-        if not comp.downlink:
-            return FitIns(round_, params, config, aux)
+        if not comp.downlink:  # checked as the far side checks it, in every runtime
+            return sendable(FitIns(round_, params, config, aux))
         ctx = TransformContext(seed=derived_seed(self.cfg.run.seed, round_, "down"))
         dense, _ = Compress(comp.downlink, comp.block).apply(params, None, ctx)
-        return FitIns(round_, dense, config, {**aux, **ctx.aux}, ctx.encoding)
+        return sendable(FitIns(round_, dense, config, {**aux, **ctx.aux}, ctx.encoding))
 
     def stop_reason(self, round_: int) -> str | None:
         """Why the run must stop before ``round_`` (a privacy budget), or None."""

@@ -83,7 +83,8 @@ _PACKED = "aux.packed."
 TENSORS: dict[str, dict[str, tuple[torch.dtype | None, int | None]]] = {
     "FitIns": {"params": (torch.float32, 1), "aux.scaffold_c": (torch.float32, 1),
                "aux.buffers": (torch.float32, 1), "aux.fedex_theta": (torch.float32, 1),
-               "aux.site_steps": (torch.uint8, 1), "aux.site_uplink": (torch.uint8, 1)},
+               "aux.site_steps": (torch.uint8, 1), "aux.site_uplink": (torch.uint8, 1),
+               "aux.attack_sites": (torch.uint8, 1)},
     "FitRes": {"update": (torch.float32, 1), "meter": (torch.float64, 1),
                "aux.scaffold_dc": (torch.float32, 1), "aux.dp_clip_bit": (torch.float32, 1),
                "aux.buffers": (torch.float32, 1), "aux.fedex_choice": (torch.float32, 1),
@@ -107,9 +108,17 @@ class TableRow(BaseModel):
     nbytes: Annotated[int, Field(ge=0, le=2**50)]
 
 
+_UNION_MEMBERS = {"int", "float", "bool", "str", "constrained-str"}
+
+
 def _describe(exc: ValidationError, what: str) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or what
+    errors = exc.errors()
+    # a value of a union (a config value) fails once per member: the member of its own type
+    # (a string too long, not "should be an integer") is the one that says what is wrong
+    first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    loc = [p for p in first["loc"] if p not in _UNION_MEMBERS] if len(errors) > 1 \
+        else first["loc"]
+    where = ".".join(str(p) for p in loc) or what
     value = repr(first.get("input"))
     value = value if len(value) <= 40 else value[:37] + "..."
     return f"{what} field {where!r} = {value}: {first['msg']}"

@@ -23,16 +23,17 @@ import json
 import math
 import struct
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from .errors import MessageError
+from .errors import ConfigError, MessageError
 from .message_schema import MessageFields, check_fields, check_table, declare
 from .types import EvalIns, EvalRes, FitIns, FitRes, NodeMeter
 
 MAGIC = b"FTW1"
+M = TypeVar("M")
 MESSAGES: dict[str, type] = {c.__name__: c for c in (FitIns, FitRes, EvalIns, EvalRes)}
 REPLIES: set[type] = {FitRes, EvalRes}  # the kinds a node answers with (each has a node_id)
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
@@ -87,6 +88,20 @@ def encoded_size(msg: Any) -> int:
     """Exactly ``len(encode(msg))``, computed without copying tensor data."""
     header, tensors = _parts(msg)
     return 8 + len(header) + sum(t.numel() * t.element_size() for t in tensors)
+
+
+def sendable(msg: M) -> M:
+    """``msg`` itself, once its fields and tensors pass the checks :func:`decode` applies on
+    the other side (every runtime then refuses what one over the network would, up front)."""
+    header, _ = _parts(msg)
+    parsed = json.loads(header)
+    try:
+        check_fields(parsed["kind"], parsed["fields"])
+        check_table(parsed["kind"], parsed["tensors"], DTYPES)
+    except MessageError as exc:
+        raise ConfigError(f"the configuration makes a {parsed['kind']} that cannot be sent: "
+                          f"{exc}") from None
+    return msg
 
 
 def encode(msg: Any) -> bytes:

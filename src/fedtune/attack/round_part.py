@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..algorithms.strategy import Strategy
+from ..node.instructions import as_bytes
 from ..node.trainer import evaluate_model
 from ..types import NodeRoundRecord
 from .settings import attacker_sites
@@ -34,15 +35,14 @@ class AttackPart:
 
     def node_config(self, state: Any) -> dict[str, float | str | int]:
         a = self.a
-        return {"attack": a.kind, "attack_sites": ",".join(self.sites),
-                "attack_scale": a.scale, "attack_noise": a.noise_std,
+        return {"attack": a.kind, "attack_scale": a.scale, "attack_noise": a.noise_std,
                 "attack_target": a.target, "attack_trigger": a.trigger_size,
                 "attack_trigger_value": a.trigger_value, "attack_trigger_token": a.trigger_token,
                 "attack_poison": a.poison_fraction,
                 "attack_classes": self.classes}
 
     def instruction_aux(self, state: Any) -> dict[str, torch.Tensor]:
-        return {}
+        return {"attack_sites": as_bytes(",".join(self.sites))}  # any number of sites
 
     def weigh(self, weight: float, aux: dict[str, torch.Tensor], state: Any,
               node_id: str) -> float:

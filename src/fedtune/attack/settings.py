@@ -109,11 +109,13 @@ def check_served(cfg: Any) -> None:
                           "--red-team), not attack.fraction")
 
 
-def red_team_refusal(config: Any, site: str) -> str | None:
-    """Why a site that was not started as a red-team site refuses an instruction (its
-    ``config``), or None: it refuses only instructions naming it as an attacker."""
-    kind = str(config.get("attack", "") or "")
-    if kind in ("", "none") or site not in str(config.get("attack_sites", "")).split(","):
+def red_team_refusal(ins: Any, site: str) -> str | None:
+    """Why a site that was not started as a red-team site refuses a fit instruction ``ins``,
+    or None: it refuses only instructions naming it as an attacker."""
+    from ..node.instructions import as_text
+
+    kind = str(ins.config.get("attack", "") or "")
+    if kind in ("", "none") or site not in as_text(ins.aux.get("attack_sites")).split(","):
         return None
     return (f"site {site!r} is named as an attacker (attack.kind = \"{kind}\") but was not "
             "started as a red-team site, so it refuses the round. Join with fedtune join "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..node.context import FitContext
+from ..node.instructions import as_text
 from ..seeds import derived_seed
 
 
@@ -38,7 +39,7 @@ class SiteAttack:
 
     def before_fit(self, ctx: FitContext) -> None:
         ins = ctx.instructions
-        self.active = ctx.node_id in ins.attack_sites.split(",")
+        self.active = ctx.node_id in as_text(ctx.aux.get("attack_sites")).split(",")
         if not self.active:
             return
         kind = ins.attack

@@ -41,6 +41,7 @@ from ..algorithms.compression import CompressionSpec, keep_count
 from ..algorithms.strategy import Strategy
 from ..algorithms.transforms import uplink_chain
 from ..node.context import FitContext
+from ..node.instructions import as_bytes
 from ..node.uplink import UplinkTransforms
 
 HEADER_BYTES = 2048  # a result's header, framing and small tensors, beyond the update (a bound)
@@ -86,24 +87,6 @@ def fitted_uplinks(link_mbps: dict[str, float], budget_s: float, numel: int, *,
 def encode(entries: dict[str, Any]) -> str:
     """``{"node-3": 5}`` as ``"node-3=5"`` pairs joined by ``,``, sorted by site."""
     return ",".join(f"{site}={value}" for site, value in sorted(entries.items()))
-
-
-def as_bytes(text: str) -> torch.Tensor:
-    """An :func:`encode` string as the uint8 tensor an instruction carries it in."""
-    return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8) if text else \
-        torch.zeros(0, dtype=torch.uint8)
-
-
-def as_text(data: torch.Tensor | None) -> str:
-    """The string :func:`as_bytes` made ("" for None); bytes that are not UTF-8 are refused."""
-    from ..errors import MessageError
-
-    if data is None:
-        return ""
-    try:
-        return bytes(data.to(torch.uint8).tolist()).decode()
-    except UnicodeDecodeError:
-        raise MessageError("a site budget in the instruction is not UTF-8 text") from None
 
 
 def entry(text: str, node_id: str) -> str | None:

@@ -105,7 +105,8 @@ def hooks_for(instructions: NodeInstructions, aux: dict[str, torch.Tensor],
                                       instructions.secagg_summands)))
     budget = None
     if "site_steps" in aux or "site_uplink" in aux:  # a low-resource site's own
-        from ..equity.low_resource import SiteBudget, as_text
+        from ..equity.low_resource import SiteBudget
+        from .instructions import as_text
 
         budget = SiteBudget(node_id, as_text(aux.get("site_steps")),
                             as_text(aux.get("site_uplink")),

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
+
 from ..errors import MessageError
 from .trainer import LocalPlan
 
@@ -53,8 +55,7 @@ class NodeInstructions:
     fedex_metric: str = "error"  # or "loss"
     fedex_samples: int = 2  # configurations a site tries per round (the first one trains)
     # a simulated attack (fedtune.attack): its kind, the attacking sites, its knobs
-    attack: str = ""
-    attack_sites: str = ""
+    attack: str = ""  # the attacking sites travel in aux.attack_sites (as_bytes)
     attack_scale: float = 1.0
     attack_noise: float = 1.0
     attack_target: int = 0
@@ -113,3 +114,20 @@ class EvalInstructions:
         return LocalPlan(steps=self.personalize_steps, batch_size=self.batch_size, lr=self.lr,
                          optimizer=self.optimizer, momentum=self.momentum,
                          weight_decay=self.weight_decay)
+
+
+def as_bytes(text: str) -> torch.Tensor:
+    """Text as the uint8 tensor an instruction's aux carries it in (a config value is capped
+    at 512 characters; lists of sites are not)."""
+    return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8) if text else \
+        torch.zeros(0, dtype=torch.uint8)
+
+
+def as_text(data: torch.Tensor | None) -> str:
+    """The text :func:`as_bytes` made ("" for None); bytes that are not UTF-8 are refused."""
+    if data is None:
+        return ""
+    try:
+        return bytes(data.to(torch.uint8).tolist()).decode()
+    except UnicodeDecodeError:
+        raise MessageError("text in the instruction's aux is not UTF-8") from None

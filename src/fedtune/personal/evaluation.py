@@ -24,6 +24,7 @@ from ..algorithms.selection import FixedSize
 from ..runtime.base import Reply
 from ..seeds import derived_seed
 from ..types import EvalIns, EvalRes, NodeFailure, NodeRoundRecord, Scalar
+from ..wire import sendable
 from .node_parts import BUFFERS
 
 log = logging.getLogger("fedtune")
@@ -80,7 +81,7 @@ def eval_instruction(coord: Coordinator, round_: int, steps: int | None = None) 
     """The evaluate message: the global model and its travelling buffers (nothing else of
     what fit instructions carry)."""
     aux = {k: v for k, v in coord.parts_aux().items() if k == BUFFERS}
-    return EvalIns(round_, coord.state.params, eval_config(coord, steps), aux)
+    return sendable(EvalIns(round_, coord.state.params, eval_config(coord, steps), aux))
 
 
 def personal_summary(evals: dict[str, EvalRes]) -> dict[str, Any]:

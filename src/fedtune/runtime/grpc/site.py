@@ -164,7 +164,7 @@ class Site:
     def _answer(self, msg: Any) -> Any:
         assert self.node is not None and self.bench is not None
         why = None if self.o.red_team or not isinstance(msg, FitIns) else red_team_refusal(
-            msg.config, self.o.site)
+            msg, self.o.site)
         if why is not None:
             log.warning("site %s: %s", self.o.site, why)
             raise MessageError(why)
