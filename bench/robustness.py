@@ -30,7 +30,13 @@ q-FFL's worst site minus FedAvg's, ``qffl_mean_cost_pts`` FedAvg's mean site acc
 q-FFL's (the afl_* keys the same for AFL).
 Goals: worst_untargeted_drop_pts <= 2, backdoor_asr_defended < 0.05,
 robust_agg_time_ratio <= 5, qffl_worst_gain_pts >= 3 with qffl_mean_cost_pts <= 1.
+
+``--backdoor-sweep 0.05,0.1,0.2``: only the model-replacement backdoor, boosted (x5) and not
+(x1: plain data poisoning), under the plain mean and both norm boundings, for each share of
+attacking sites: one row each with ``attack_fraction`` and ``boost``; where norm bounding
+stops the backdoor and where it does not.
 Usage: python bench/robustness.py [--tasks digits,mnist1d] [--rounds 30]
+       [--fair-only | --backdoor-sweep FRACTIONS]
 """
 
 from __future__ import annotations
@@ -186,17 +192,44 @@ def bench_task(task: str, rounds: int, emit: Any, times: dict[str, float]) -> No
                                        times["geometric_median_ratio"]), **fair})
 
 
+def backdoor_sweep(task: str, rounds: int, fractions: list[float], emit: Any) -> None:
+    """The backdoor by share of attacking sites, boosted and not, under the norm boundings."""
+    for defence in ("mean", *NORM_BOUNDING):
+        clean, wall = _run(task, rounds, DEFENCES[defence])
+        emit({"task": task, "attack": "none", "defence": defence,
+              "clean_acc": clean.final_test_accuracy, "wall_s": round(wall, 2)})
+        for fraction in fractions:
+            for boost in (5.0, 1.0):
+                extra = [*DEFENCES[defence], *ATTACKS["backdoor"], f"attack.scale={boost}",
+                         f"attack.fraction={fraction}"]
+                result, wall = _run(task, rounds, extra)
+                emit({"task": task, "sweep": True, "attack": "backdoor", "defence": defence,
+                      "attack_fraction": fraction, "boost": boost,
+                      "attackers": result.extra["attack"]["sites"],
+                      "clean_acc": clean.final_test_accuracy,
+                      "attacked_acc": result.final_test_accuracy,
+                      "backdoor_asr": result.extra["attack"].get("backdoor_asr"),
+                      "wall_s": round(wall, 2)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="digits,mnist1d")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--fair-only", action="store_true",
                         help="only the fair-aggregation rows (no attacks, no summary row)")
+    parser.add_argument("--backdoor-sweep", default="",
+                        help="shares of attacking sites, e.g. 0.05,0.1,0.2: only the backdoor")
     args = parser.parse_args()
 
     def emit(row: dict[str, Any]) -> None:
         print(json.dumps(row), flush=True)
 
+    if args.backdoor_sweep:
+        fractions = [float(f) for f in args.backdoor_sweep.split(",") if f]
+        for task in [t for t in args.tasks.split(",") if t]:
+            backdoor_sweep(task, args.rounds, fractions, emit)
+        return
     if args.fair_only:
         for task in [t for t in args.tasks.split(",") if t]:
             fedavg, wall = _run(task, args.rounds, [])
