@@ -94,13 +94,11 @@ def sendable(msg: M) -> M:
     """``msg`` itself, once its fields and tensors pass the checks :func:`decode` applies on
     the other side (every runtime then refuses what one over the network would, up front)."""
     header, _ = _parts(msg)
-    parsed = json.loads(header)
     try:
-        check_fields(parsed["kind"], parsed["fields"])
-        check_table(parsed["kind"], parsed["tensors"], DTYPES)
+        _checked_header(json.loads(header))
     except MessageError as exc:
-        raise ConfigError(f"the configuration makes a {parsed['kind']} that cannot be sent: "
-                          f"{exc}") from None
+        raise ConfigError(f"the configuration makes a {type(msg).__name__} that cannot be "
+                          f"sent: {exc}") from None
     return msg
 
 
@@ -167,6 +165,17 @@ def _tensor_at(data: Any, view: memoryview, offset: int, nbytes: int,
     return torch.frombuffer(bytearray(view[offset:offset + nbytes]), dtype=dtype)
 
 
+def _checked_header(header: Any) -> tuple[str, dict[str, Any], list[Any]]:
+    """A parsed header's kind, typed scalar fields and tensor table (or a MessageError)."""
+    if not isinstance(header, dict) or set(header) != {"kind", "fields", "tensors"}:
+        raise MessageError("message header must be a JSON object with kind, fields, tensors")
+    kind = header["kind"]
+    if not isinstance(kind, str) or kind not in MESSAGES:
+        raise MessageError(f"unknown message kind {kind!r:.60}")
+    return kind, check_fields(kind, header["fields"]), check_table(kind, header["tensors"],
+                                                                   DTYPES)
+
+
 def decode(data: bytes | bytearray | memoryview | np.ndarray, *, max_bytes: int | None = None,
            require_finite: bool = True) -> Any:
     """Parse and validate bytes made by :func:`encode`."""
@@ -182,13 +191,7 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray, *, max_bytes: int 
         header = json.loads(bytes(view[8:8 + hlen]))
     except (ValueError, RecursionError) as exc:
         raise MessageError(f"message header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict) or set(header) != {"kind", "fields", "tensors"}:
-        raise MessageError("message header must be a JSON object with kind, fields, tensors")
-    kind = header["kind"]
-    if not isinstance(kind, str) or kind not in MESSAGES:
-        raise MessageError(f"unknown message kind {kind!r:.60}")
-    scalars = check_fields(kind, header["fields"])
-    table = check_table(kind, header["tensors"], DTYPES)
+    kind, scalars, table = _checked_header(header)
     offset, values, aux = 8 + hlen, dict(scalars), {}
     for row in table:
         name, tdtype, shape = row.name, DTYPES[row.dtype], row.shape

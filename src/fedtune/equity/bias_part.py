@@ -114,7 +114,7 @@ class BiasAuditPart:
     def after_round(self, state: BiasState) -> None:
         state.audited += 1
         if not self.due(state.audited) or (self.remote and not self.fresh):
-            return  # a served run's last round: audited from the final evaluation's counts
+            return  # not due, or a served run's last round (the final evaluation's counts)
         self._keep(state, state.audited)
         self.fresh = False
 
@@ -126,8 +126,7 @@ class BiasAuditPart:
 
     def summary(self, state: BiasState) -> dict[str, Any]:
         last = state.audited
-        if self.remote and self.fresh and self.due(last) and 0 < last <= self.rounds \
-                and math.isnan(float(state.history[last - 1, 0])):
+        if self.remote and self.fresh and self.due(last):  # not audited by after_round:
             self._keep(state, last)  # the final evaluation's counts are the last round's
         report = self.audit()
         report["audit_every"] = self.every
