@@ -3,11 +3,11 @@
 The digits workload of bench/overhead.py (10 nodes Dirichlet(0.5), MLP 64-128-10, 1 local
 epoch, batch 32, SGD lr 0.05, central evaluation every round), 20 rounds; the figure is the
 median round time over rounds 3-20 (a round ends when the coordinator has recorded it). Each
-side runs in its own process, as users run them: the simulation as `fedtune run` does, the
-coordinator as `fedtune serve --threads 1` does, each site as `fedtune join --threads 1`
+side runs in its own process, as users run them: the simulation as `fedtune run --threads 1`
+does, the coordinator as `fedtune serve --threads 1`, each site as `fedtune join --threads 1`
 (eleven processes share two cores here, so each gets one torch thread; idle OpenMP threads
-sleep, as `serve` and `join` set). Both runs must end with the
-same test loss (same numbers).
+sleep, as `serve` and `join` set). Both runs must end with the same test loss (same numbers,
+which needs the same torch thread count on both sides).
 
 A third figure is the floor this machine allows: the same ten site processes doing the same
 node training per round, driven by the plainest possible gRPC exchange (raw bytes echoed over
@@ -97,14 +97,20 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
+def cpu_per_round(before: dict[str, float], after: dict[str, float],
+                  rounds: int) -> dict[str, float]:
+    return {k: round((v - before.get(k, 0.0)) / rounds * 1000, 2) for k, v in after.items()}
+
+
 def part_federated(kind: str, ws: str, port: int, rounds: int) -> dict:
     """One side in this process: `run` (simulation) or `serve` (coordinator)."""
     import torch
 
     from fedtune.experiment import run, serve
 
-    if kind == "serve":
-        torch.set_num_threads(1)  # fedtune serve --threads 1
+    # fedtune serve --threads 1; the simulation as `fedtune run --threads 1`, so that its
+    # nodes train with as many threads as the sites (bitwise the same numbers need that)
+    torch.set_num_threads(1)
     stamps: list[float] = []
     cpu: list[dict[str, float]] = []
 
@@ -117,8 +123,7 @@ def part_federated(kind: str, ws: str, port: int, rounds: int) -> dict:
     result = fn(config(ws, port, rounds), on_start=lambda *_: stamps.append(time.perf_counter()),
                 on_round=on_round)
     rounds_s = [b - a for a, b in pairwise(stamps)]
-    per_round = {k: round((v - cpu[0].get(k, 0.0)) / (rounds - 2) * 1000, 2)
-                 for k, v in cpu[1].items()}
+    per_round = cpu_per_round(cpu[0], cpu[1], rounds - 2)
     return {"round_s": statistics.median(rounds_s[2:]), "test_loss": result.final_test_loss,
             "test_accuracy": result.final_test_accuracy,
             "site_cpu_s": site_cpu_per_round(ws, result.run_id),
@@ -200,13 +205,13 @@ def part_floor(ws: str, port: int, rounds: int) -> dict:
             except grpc.RpcError:
                 pass
 
-        threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=read, daemon=True, name="fedtune-read-floor").start()
         while (message := box.get()) is not None:
             yield message
 
     handler = grpc.method_handlers_generic_handler(
         "floor", {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
-    server = grpc.server(futures.ThreadPoolExecutor(32))
+    server = grpc.server(futures.ThreadPoolExecutor(32, thread_name_prefix="fedtune-rpc"))
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
@@ -218,12 +223,16 @@ def part_floor(ws: str, port: int, rounds: int) -> dict:
         time.sleep(0.05)  # start-up only: the sites import torch and load their data
     payload = os.urandom(38_528)  # the digits FitIns / FitRes size
     stamps = []
+    cpu: list[dict[str, float]] = []
     for _ in range(rounds):
+        if len(stamps) == 2:
+            cpu.append(thread_cpu())
         for box in outboxes:
             box.put(payload)
         for _ in range(SITES):
             replies.get()
         stamps.append(time.perf_counter())
+    cpu.append(thread_cpu())
     for box in outboxes:
         box.put(b"stop")
         box.put(None)
@@ -231,7 +240,8 @@ def part_floor(ws: str, port: int, rounds: int) -> dict:
         p.wait(timeout=60)
     server.stop(0)
     rounds_s = [b - a for a, b in pairwise(stamps)]
-    return {"round_s": statistics.median(rounds_s[2:])}
+    return {"round_s": statistics.median(rounds_s[2:]),
+            "thread_cpu_ms_per_round": cpu_per_round(cpu[0], cpu[-1], rounds - 2)}
 
 
 def run_part(args: list[str], env: dict[str, str] | None = None) -> dict:
@@ -267,6 +277,7 @@ def main() -> None:
                "site_cpu_per_round_s": {"grpc": remote["site_cpu_s"],
                                         "inprocess": local["site_cpu_s"]},
                "coordinator_cpu_ms_per_round": remote["thread_cpu_ms_per_round"],
+               "floor_coordinator_cpu_ms_per_round": floor["thread_cpu_ms_per_round"],
                "same_test_loss": remote["test_loss"] == local["test_loss"],
                "test_accuracy": remote["test_accuracy"]}
     print(f"round over gRPC {remote['round_s'] * 1000:.1f} ms vs in-process "
@@ -278,9 +289,11 @@ def main() -> None:
     print(f"node training per round, CPU summed over the 10 nodes: "
           f"{remote['site_cpu_s'] * 1000:.1f} ms in 10 site processes vs "
           f"{local['site_cpu_s'] * 1000:.1f} ms in one process (two cores here)")
-    print("coordinator CPU per round by thread (ms): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in sorted(remote["thread_cpu_ms_per_round"].items(),
-                                          key=lambda kv: -kv[1])))
+    for name, side in (("coordinator", remote), ("floor's server", floor)):
+        per_thread = side["thread_cpu_ms_per_round"]
+        print(f"{name} CPU per round by thread (ms), {sum(per_thread.values()):.2f} in all: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_thread.items(),
+                                                           key=lambda kv: -kv[1])))
     print(json.dumps(figures))
 
 

@@ -69,9 +69,17 @@ def run(
     baselines: Annotated[str, typer.Option(
         help="also: pooled (same model, pooled data), local (each site alone), probe "
              "(linear probe of the initial model), comma-separated")] = "",
+    threads: Annotated[int, typer.Option(
+        help="torch threads; 0 = torch's default. Bitwise the same numbers as sites need "
+             "the same count as theirs ('fedtune join --threads')")] = 0,
 ) -> None:
     """Run a federated fine-tuning experiment (the embedded default if no CONFIG)."""
     from .config import load_config
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     if output not in ("table", "json"):
         _fail(FedtuneError(f"--output {output!r}: use table or json"))
