@@ -36,6 +36,31 @@ def test_mlp_forward_flops_by_hand() -> None:
     assert flops == 2 * (64 * 128 + 128 * 10)  # two matrix products; biases are not counted
 
 
+def test_plain_stacks_are_counted_as_flop_counter_mode_counts() -> None:
+    """The hooks' count (no TorchDynamo import) equals PyTorch's FlopCounterMode on every
+    model the fast path takes, and a model it does not take (a CNN) is counted by PyTorch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedtune.models import small_cnn
+
+    def library(model: torch.nn.Module, x: torch.Tensor) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.eval()
+            model(x)
+        return counter.get_total_flops() / len(x)
+
+    token_mlp = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(),
+                                    torch.nn.LayerNorm(24), torch.nn.Linear(24, 3))
+    cases = [(mlp(64, [128, 32], 10, norm="batch"), torch.randn(8, 64)),
+             (mlp(40, [50], 4, norm="layer"), torch.randn(5, 40)),
+             (token_mlp, torch.randn(4, 7, 16)),  # 7 rows per example
+             (small_cnn(10), torch.randn(3, 64))]
+    for model, x in cases:
+        assert forward_flops_per_example(model, x) == library(model, x), model
+    assert forward_flops_per_example(token_mlp, torch.randn(4, 7, 16)) == 7 * 2 * (16 * 24 + 24 * 3)
+
+
 def test_digits_run_plan_agrees_with_the_meters(tmp_path) -> None:
     cfg = small_config("run.rounds=10", f"run.workspace=\"{tmp_path / 'ws'}\"")
     result = run(cfg)
