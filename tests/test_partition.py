@@ -74,3 +74,17 @@ def test_federated_splits_are_disjoint_and_deterministic(dataset):
     for na, nb in zip(a.nodes, b.nodes, strict=True):
         assert np.array_equal(na.y_train.numpy(), nb.y_train.numpy())
         assert na.num_train >= 1 and na.x_test.shape[0] >= 1
+
+
+def test_digits_read_from_scikit_learns_file_equal_its_loader():
+    """fedtune reads digits.csv.gz itself (importing scikit-learn costs seconds): the same
+    images and labels as sklearn.datasets.load_digits, standardized."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    ours, theirs = load_dataset("digits", 0), load_digits()
+    std = theirs.data.std(axis=0)
+    expected = (theirs.data - theirs.data.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    assert torch.equal(ours.y, torch.as_tensor(theirs.target, dtype=torch.int64))
+    assert torch.equal(ours.x, torch.as_tensor(expected, dtype=torch.float32))
+    assert ours.num_classes == 10 and ours.x.shape == (1797, 64)

@@ -129,7 +129,7 @@ def plan_own_run(coord: Coordinator) -> dict[str, Any]:
     sizes = [runtime.train_examples(i) or 0 for i in ids[::step]]
     per_fit = sum(coord.plan.num_steps(n) * batch for n in sizes) / max(1, len(sizes))
     s = cfg.strategy
-    from ..privacy.accountant import sampling_for
+    from ..privacy.sampling import sampling_for
 
     k = sampling_for(s.selection, population=len(ids), fraction=s.fraction, count=s.count,
                      min_nodes=s.min_nodes).expected_sites

@@ -23,46 +23,19 @@ costs one Gaussian of ``noise_multiplier``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import dp_accounting as dpa
 from dp_accounting import pld, rdp
+
+from .sampling import Sampling, sampling_for
 
 # dp-accounting warns through absl when an RDP order does not converge and is skipped (the
 # bound stays valid): not the user's concern.
 logging.getLogger("absl").setLevel(logging.ERROR)
 
 PLD_INTERVAL = 1e-3  # discretization of the privacy loss; finer changed epsilon by < 1e-4
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a round's sites are drawn: ``"poisson"`` (rate), or ``"fixed"`` (size of
-    population)."""
-
-    kind: Literal["poisson", "fixed"]
-    population: int
-    rate: float = 1.0
-    size: int = 0
-
-    @property
-    def everyone(self) -> bool:
-        return self.kind == "fixed" and self.size >= self.population
-
-    @property
-    def expected_sites(self) -> float:
-        return self.rate * self.population if self.kind == "poisson" else float(self.size)
-
-
-def sampling_for(selection: str, *, population: int, fraction: float, count: int,
-                 min_nodes: int) -> Sampling:
-    """The sampling a ``[strategy]`` section makes over ``population`` sites (what
-    :mod:`fedtune.algorithms.selection` does)."""
-    if selection == "poisson":
-        return Sampling("poisson", population, rate=fraction)
-    size = count if count else max(min_nodes, round(fraction * population))
-    return Sampling("fixed", population, size=min(size, population))
+__all__ = ["PLD_INTERVAL", "Accountant", "Sampling", "calibrate", "sampling_for"]
 
 
 class Accountant:
