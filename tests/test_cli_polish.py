@@ -71,3 +71,10 @@ def test_unknown_dataset_options_are_refused(tmp_path):
     bad = fedtune(tmp_path, "run", "--set", "data.options={foo=1.0}")
     assert bad.returncode == 2
     assert "data.options has 'foo', which dataset 'digits' does not take" in bad.stderr
+
+
+def test_a_negative_thread_count_is_a_usage_error(tmp_path):
+    for command in ("run", "serve", "join"):
+        bad = fedtune(tmp_path, command, "--threads", "-1")
+        assert bad.returncode == 2, (command, bad.stderr)
+        assert "'--threads'" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

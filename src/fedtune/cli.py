@@ -70,7 +70,7 @@ def run(
         help="also: pooled (same model, pooled data), local (each site alone), probe "
              "(linear probe of the initial model), comma-separated")] = "",
     threads: Annotated[int, typer.Option(
-        help="torch threads; 0 = torch's default. Bitwise the same numbers as sites need "
+        min=0, help="torch threads; 0 = torch's default. Bitwise the same numbers as sites need "
              "the same count as theirs ('fedtune join --threads')")] = 0,
 ) -> None:
     """Run a federated fine-tuning experiment (the embedded default if no CONFIG)."""
@@ -143,7 +143,7 @@ def serve(
     resume: Annotated[bool, typer.Option(help="continue the newest incomplete run")] = False,
     run_id: Annotated[str | None, typer.Option("--run", help="with --resume: which run")] = None,
     output: Annotated[str, typer.Option(help="table or json")] = "table",
-    threads: Annotated[int, typer.Option(help="torch threads; 0 = torch's default")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads; 0 = torch's default")] = 0,
     task: Annotated[str, typer.Option(
         help="module:function building a custom Task (sites join with the same)")] = "",
 ) -> None:
@@ -208,7 +208,7 @@ def join(
     task: Annotated[str, typer.Option(help="module:function building a custom Task")] = "",
     max_attempts: Annotated[int, typer.Option(help="give up after N failed connects; 0 never")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    threads: Annotated[int, typer.Option(help="torch threads; 0 = torch's default")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads; 0 = torch's default")] = 0,
     grid: Annotated[str, typer.Option(help="this site's grid: country, g/kWh or hourly CSV")] = "",
     red_team: Annotated[bool, typer.Option(help="carry out attacks the run names it for")] = False,
 ) -> None:
