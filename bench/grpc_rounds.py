@@ -14,9 +14,13 @@ node training per round, driven by the plainest possible gRPC exchange (raw byte
 one stream per site, no framework on either side). It shows how much of the gRPC round time
 is ten processes sharing two cores rather than fedtune. (The floor leaves out what every
 coordinator does between rounds, in-process too: evaluate, record; so it is a low floor.)
+``fedtune_over_floor`` is against this floor. Beside it, the same echo on gRPC's asyncio
+server (``aio_floor_round_s``: one event loop instead of two threads per stream), which shows
+what moving the coordinator to grpc.aio could save in transport alone.
 
-The coordinator's CPU per round is also reported by kind of thread (the round loop, the
-sessions' readers, the gRPC pool threads that send, gRPC's own C++ threads), from /proc.
+The coordinator's CPU per round is also reported by kind of thread, and both echo servers'
+(the round loop, the sessions' readers, the gRPC pool threads that send, gRPC's own C++
+threads), from /proc.
 
 A fourth figure is the CPU time of the round's node training, summed over the ten nodes, in
 ten site processes and in the simulation's one process: the training alone needs that much
@@ -244,6 +248,67 @@ def part_floor(ws: str, port: int, rounds: int) -> dict:
             "thread_cpu_ms_per_round": cpu_per_round(cpu[0], cpu[-1], rounds - 2)}
 
 
+async def part_aio_floor(ws: str, port: int, rounds: int) -> dict:
+    """The same echo on gRPC's asyncio server: one event loop instead of a reader thread
+    and a pool thread per stream (what a coordinator on grpc.aio could save)."""
+    import asyncio
+
+    import grpc
+
+    outboxes: list[asyncio.Queue] = []
+    replies: asyncio.Queue = asyncio.Queue()
+    readers = set()
+
+    async def echo(requests, context):
+        box: asyncio.Queue = asyncio.Queue()
+        stream = requests.__aiter__()
+        await stream.__anext__()
+        outboxes.append(box)
+
+        async def read():
+            try:
+                async for message in stream:
+                    replies.put_nowait(message)
+            except grpc.RpcError:
+                pass
+
+        readers.add(asyncio.ensure_future(read()))
+        while (message := await box.get()) is not None:
+            yield message
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "floor", {"Echo": grpc.stream_stream_rpc_method_handler(echo)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    sites = [subprocess.Popen([sys.executable, __file__, "--part", "floor-site",
+                               f"127.0.0.1:{port}", f"node-{i}", ws, str(port), str(rounds)],
+                              env={**os.environ, **IDLE_ENV}) for i in range(SITES)]
+    while len(outboxes) < SITES:
+        await asyncio.sleep(0.05)  # start-up only
+    payload = os.urandom(38_528)
+    stamps: list[float] = []
+    cpu: list[dict[str, float]] = []
+    for _ in range(rounds):
+        if len(stamps) == 2:
+            cpu.append(thread_cpu())
+        for box in outboxes:
+            box.put_nowait(payload)
+        for _ in range(SITES):
+            await replies.get()
+        stamps.append(time.perf_counter())
+    cpu.append(thread_cpu())
+    for box in outboxes:
+        box.put_nowait(b"stop")
+        box.put_nowait(None)
+    for p in sites:
+        await asyncio.get_running_loop().run_in_executor(None, p.wait)
+    await server.stop(0)
+    rounds_s = [b - a for a, b in pairwise(stamps)]
+    return {"round_s": statistics.median(rounds_s[2:]),
+            "thread_cpu_ms_per_round": cpu_per_round(cpu[0], cpu[-1], rounds - 2)}
+
+
 def run_part(args: list[str], env: dict[str, str] | None = None) -> dict:
     out = subprocess.run([sys.executable, __file__, "--part", *args], capture_output=True,
                          text=True, check=True, env={**os.environ, **(env or {})})
@@ -268,6 +333,7 @@ def main() -> None:
             for p in sites:
                 p.wait(timeout=60)
         floor = run_part(["floor", ws, str(free_port()), str(rounds)])
+        aio = run_part(["aio-floor", ws, str(free_port()), str(rounds)])
     figures = {"bench": "grpc_rounds", "sites": SITES,
                "round_time_ratio": remote["round_s"] / local["round_s"],
                "grpc_round_s": remote["round_s"], "inprocess_round_s": local["round_s"],
@@ -278,6 +344,8 @@ def main() -> None:
                                         "inprocess": local["site_cpu_s"]},
                "coordinator_cpu_ms_per_round": remote["thread_cpu_ms_per_round"],
                "floor_coordinator_cpu_ms_per_round": floor["thread_cpu_ms_per_round"],
+               "aio_floor_round_s": aio["round_s"],
+               "aio_floor_server_cpu_ms_per_round": aio["thread_cpu_ms_per_round"],
                "same_test_loss": remote["test_loss"] == local["test_loss"],
                "test_accuracy": remote["test_accuracy"]}
     print(f"round over gRPC {remote['round_s'] * 1000:.1f} ms vs in-process "
@@ -289,7 +357,9 @@ def main() -> None:
     print(f"node training per round, CPU summed over the 10 nodes: "
           f"{remote['site_cpu_s'] * 1000:.1f} ms in 10 site processes vs "
           f"{local['site_cpu_s'] * 1000:.1f} ms in one process (two cores here)")
-    for name, side in (("coordinator", remote), ("floor's server", floor)):
+    print(f"the same echo on gRPC's asyncio server: {aio['round_s'] * 1000:.1f} ms per round")
+    for name, side in (("coordinator", remote), ("floor's server", floor),
+                       ("asyncio echo server", aio)):
         per_thread = side["thread_cpu_ms_per_round"]
         print(f"{name} CPU per round by thread (ms), {sum(per_thread.values()):.2f} in all: "
               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_thread.items(),
@@ -304,6 +374,10 @@ if __name__ == "__main__":
             floor_site(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]))
         elif part == "floor":
             print(json.dumps(part_floor(rest[0], int(rest[1]), int(rest[2]))))
+        elif part == "aio-floor":
+            import asyncio
+
+            print(json.dumps(asyncio.run(part_aio_floor(rest[0], int(rest[1]), int(rest[2])))))
         else:
             print(json.dumps(part_federated(part, rest[0], int(rest[1]), int(rest[2]))))
     else:
