@@ -46,7 +46,7 @@ _FREE_LAYERS = (torch.nn.ReLU, torch.nn.GELU, torch.nn.Tanh, torch.nn.Sigmoid,
 def _plain(module: torch.nn.Module) -> bool:
     """Only Sequential containers of Linear and free layers (no forward of its own that
     could multiply matrices where no hook sees it)."""
-    if isinstance(module, torch.nn.Sequential):
+    if type(module) is torch.nn.Sequential:  # a subclass may have its own forward
         return all(_plain(m) for m in module)
     return type(module) is torch.nn.Linear or type(module) in _FREE_LAYERS
 
