@@ -189,6 +189,20 @@ def floor_site(address: str, node: str, ws: str, port: int, rounds: int) -> None
     channel.close()
 
 
+def floor_sites(ws: str, port: int, rounds: int) -> list[subprocess.Popen]:
+    """The floor's ten site processes (fedtune's Node training, raw gRPC)."""
+    return [subprocess.Popen([sys.executable, __file__, "--part", "floor-site",
+                              f"127.0.0.1:{port}", f"node-{i}", ws, str(port), str(rounds)],
+                             env={**os.environ, **IDLE_ENV}) for i in range(SITES)]
+
+
+def floor_figures(stamps: list[float], cpu: list[dict[str, float]], rounds: int) -> dict:
+    """An echo server's median round over rounds 3+ and its CPU per round by thread."""
+    rounds_s = [b - a for a, b in pairwise(stamps)]
+    return {"round_s": statistics.median(rounds_s[2:]),
+            "thread_cpu_ms_per_round": cpu_per_round(cpu[0], cpu[-1], rounds - 2)}
+
+
 def part_floor(ws: str, port: int, rounds: int) -> dict:
     from concurrent import futures
 
@@ -219,10 +233,7 @@ def part_floor(ws: str, port: int, rounds: int) -> dict:
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    env = {**os.environ, **IDLE_ENV}
-    sites = [subprocess.Popen([sys.executable, __file__, "--part", "floor-site",
-                               f"127.0.0.1:{port}", f"node-{i}", ws, str(port), str(rounds)],
-                              env=env) for i in range(SITES)]
+    sites = floor_sites(ws, port, rounds)
     while len(outboxes) < SITES:
         time.sleep(0.05)  # start-up only: the sites import torch and load their data
     payload = os.urandom(38_528)  # the digits FitIns / FitRes size
@@ -243,9 +254,7 @@ def part_floor(ws: str, port: int, rounds: int) -> dict:
     for p in sites:
         p.wait(timeout=60)
     server.stop(0)
-    rounds_s = [b - a for a, b in pairwise(stamps)]
-    return {"round_s": statistics.median(rounds_s[2:]),
-            "thread_cpu_ms_per_round": cpu_per_round(cpu[0], cpu[-1], rounds - 2)}
+    return floor_figures(stamps, cpu, rounds)
 
 
 async def part_aio_floor(ws: str, port: int, rounds: int) -> dict:
@@ -281,9 +290,7 @@ async def part_aio_floor(ws: str, port: int, rounds: int) -> dict:
         "floor", {"Echo": grpc.stream_stream_rpc_method_handler(echo)}),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    sites = [subprocess.Popen([sys.executable, __file__, "--part", "floor-site",
-                               f"127.0.0.1:{port}", f"node-{i}", ws, str(port), str(rounds)],
-                              env={**os.environ, **IDLE_ENV}) for i in range(SITES)]
+    sites = floor_sites(ws, port, rounds)
     while len(outboxes) < SITES:
         await asyncio.sleep(0.05)  # start-up only
     payload = os.urandom(38_528)
@@ -304,9 +311,7 @@ async def part_aio_floor(ws: str, port: int, rounds: int) -> dict:
     for p in sites:
         await asyncio.get_running_loop().run_in_executor(None, p.wait)
     await server.stop(0)
-    rounds_s = [b - a for a, b in pairwise(stamps)]
-    return {"round_s": statistics.median(rounds_s[2:]),
-            "thread_cpu_ms_per_round": cpu_per_round(cpu[0], cpu[-1], rounds - 2)}
+    return floor_figures(stamps, cpu, rounds)
 
 
 def run_part(args: list[str], env: dict[str, str] | None = None) -> dict:

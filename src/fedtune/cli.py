@@ -40,6 +40,19 @@ def _fail(exc: FedtuneError) -> None:
     raise typer.Exit(2)
 
 
+def _torch_threads(threads: int, *, idles: bool = False) -> None:
+    """--threads: torch's thread count (0 leaves torch's default). A coordinator or a site
+    (``idles``) waits between rounds: its OpenMP threads then sleep instead of spinning, which
+    on a shared machine takes the cores other processes need (bench/grpc_rounds.py measures
+    the CPU by thread). Set before torch is imported."""
+    if idles:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _print_result(result: Any, output: str, title: str) -> None:
     """The final summary: one JSON object on stdout, or a table for people. A run that
     learned nothing, or too little (status degraded or failed), then exits with code 3."""
@@ -69,18 +82,13 @@ def run(
     baselines: Annotated[str, typer.Option(
         help="also: pooled (same model, pooled data), local (each site alone), probe "
              "(linear probe of the initial model), comma-separated")] = "",
-    threads: Annotated[int, typer.Option(
-        min=0, help="torch threads; 0 = torch's default. Bitwise the same numbers as sites need "
-             "the same count as theirs ('fedtune join --threads')")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads; 0 = torch's default (the "
+                                         "same count as the sites' gives their numbers)")] = 0,
 ) -> None:
     """Run a federated fine-tuning experiment (the embedded default if no CONFIG)."""
     from .config import load_config
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
+    _torch_threads(threads)
     if output not in ("table", "json"):
         _fail(FedtuneError(f"--output {output!r}: use table or json"))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -148,14 +156,7 @@ def serve(
         help="module:function building a custom Task (sites join with the same)")] = "",
 ) -> None:
     """Coordinate real sites over gRPC (they connect with 'fedtune join')."""
-    # The coordinator idles while sites train: let OpenMP threads sleep instead of spinning
-    # (spinning threads take CPU from sites on a shared machine; bench/grpc_rounds.py
-    # measures the coordinator's CPU by thread). Set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _torch_threads(threads, idles=True)
     from .config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -213,13 +214,7 @@ def join(
     red_team: Annotated[bool, typer.Option(help="carry out attacks the run names it for")] = False,
 ) -> None:
     """Join a federation as a site: connect out, train on local data, send updates."""
-    # A site idles between rounds: let OpenMP threads sleep instead of spinning, which on a
-    # shared machine steals the cores other sites need (and costs energy). Set before torch.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _torch_threads(threads, idles=True)
     from .runtime.grpc.security import token_for
     from .runtime.grpc.site import Site, SiteOptions, read_site_file
 
