@@ -86,7 +86,7 @@ def test_a_site_cannot_claim_more_examples_than_it_can_have_visited():
     node = task.data.nodes[0]
     numel = bench.flat.spec.numel
     honest = runtime._call(node.node_id, coordinator.instruction(1)).result
-    bound = 2 * math.ceil(node.num_train / 16) * 16
+    bound = 2 * math.ceil(node.num_train / 16) * 17  # a last slice of one joins a batch
     assert honest.num_examples <= bound
     for claimed, accepted in ((honest.num_examples, True), (bound, True), (bound + 1, False),
                               (10**12, False)):
@@ -96,6 +96,26 @@ def test_a_site_cannot_claim_more_examples_than_it_can_have_visited():
         assert (kept is not None) == accepted, (claimed, row.energy_method)
         if not accepted:
             assert f"claims {claimed} examples" in row.energy_method
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_the_weight_bound_covers_every_honest_fit_on_any_subset_of_a_sites_rows(batch_size):
+    # regression: a FedEx site with 97 of its 121 rows (97 = 3 x 32 + 1) was dropped every
+    # round, since its merged last batch of 33 made 50 steps visit 1,616 examples, not 1,600
+    from fedtune.node.trainer import LocalPlan, shuffled_batches
+    from fedtune.run_health import max_examples
+
+    gen = torch.Generator().manual_seed(0)
+    for held in range(1, 3 * batch_size + 3):
+        for plan in (LocalPlan(steps=7, batch_size=batch_size),
+                     LocalPlan(epochs=2.5, batch_size=batch_size)):
+            bound = max_examples(plan, held)
+            for rows in range(1, held + 1):
+                steps = plan.num_steps(rows)
+                visited = sum(len(b) for b in shuffled_batches(
+                    rows, batch_size, steps, gen, torch.device("cpu")))
+                assert visited <= bound, (held, rows, plan)
+    assert max_examples(LocalPlan(steps=50, batch_size=32), 121) == 50 * 33
 
 
 def test_run_health_verdicts():
