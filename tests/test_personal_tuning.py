@@ -48,11 +48,6 @@ def test_advantages_leave_one_out_or_against_the_global_baseline():
                    (2, pytest.approx(0.9 - 0.45))]
 
 
-def test_with_the_mode_training_the_sampled_configurations_are_compared_with_it():
-    out = advantages([4, 1, 4], [0.5, 0.3, 0.5], baseline=99.0, mode_first=True)
-    assert out == [(1, pytest.approx(-0.2)), (4, pytest.approx(0.0))]
-
-
 def _report(tuner, state, site, choices, losses):
     tuner.receive(None, {"fedex_choice": torch.tensor([float(c) for c in choices]),
                          "fedex_loss": torch.tensor(losses),
@@ -122,21 +117,6 @@ def test_fedex_finds_the_rate_that_learns_and_fine_tunes_with_it():
                for rounds in tried.values())
     assert tuned["local_steps"] == 10 * sum(len(t) for rounds in tried.values() for t in rounds)
     assert tuned["local_steps"] > 6 * 4 * 10, "some rounds compared two configurations"
-
-
-def test_fedex_can_train_the_shared_model_with_thetas_mode():
-    res = run(small_config('personalization.method="fedex"', "run.rounds=6",
-                           "personalization.tune_lr=[1e-6, 0.1]", "personalization.tune_steps=[10]",
-                           'personalization.tune_scope=["all"]', 'personalization.tune_shared="mode"',
-                           "energy.enabled=false"), store=False)
-    tuned = res.extra["personal"]["tuned"]
-    assert tuned["best"]["lr"] == 0.1 and res.extra["personal"]["mean_acc"] > 0.8
-    by_round = list(zip(*tuned["site_choices"].values(), strict=True))
-    assert all(len(set(r)) == 1 for r in by_round), "every site trains theta's mode"
-    assert by_round[0][0] == 0 and by_round[-1][0] == 1, "uniform at first, then lr 0.1"
-    with pytest.raises(ConfigError, match="tune_samples >= 2"):
-        small_config('personalization.method="fedex"', 'personalization.tune_shared="mode"',
-                     "personalization.tune_samples=1")
 
 
 def test_fedex_fine_tunes_with_the_optimizer_it_tuned_with():

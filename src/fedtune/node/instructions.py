@@ -54,7 +54,6 @@ class NodeInstructions:
     fedex_val_fraction: float = 0.2
     fedex_metric: str = "error"  # or "loss"
     fedex_samples: int = 2  # configurations a site tries per round (the first one trains)
-    fedex_shared: str = "sample"  # or "mode": the first is theta's mode, the others sampled
     # a simulated attack (fedtune.attack): its kind, the attacking sites, its knobs
     attack: str = ""  # the attacking sites travel in aux.attack_sites (as_bytes)
     attack_scale: float = 1.0

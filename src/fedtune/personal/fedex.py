@@ -23,12 +23,7 @@ difficulty and the round's model cancel out, which a global baseline leaves in. 
 mnist1d (20 sites, Dirichlet 0.1, 18 configurations): sites' validation errors differ by tens
 of points while configurations differ by a few, so with one sample theta settled on whichever
 configurations the easiest sites drew first. The tuned configuration is theta's mode; personal
-models are then the global model fine-tuned with it. With ``tune_shared = "mode"`` the
-shared update trains with theta's current mode instead of a sample, and the
-``tune_samples - 1`` sampled configurations are each compared with it (the mode's loss is a
-baseline that does not depend on the draw, so the estimate stays unbiased): the global model
-then trains as the best configuration found so far would, where a sample trains it with a
-mixture of the grid. Written here (no library implements
+models are then the global model fine-tuned with it. Written here (no library implements
 FedEx for a flat-vector runtime): it is a few vector operations per round.
 
 References:
@@ -127,14 +122,9 @@ class FedExChoice:
         if not 1 <= ins.fedex_samples <= 4:
             raise MessageError(f"fedex_samples = {ins.fedex_samples}; a site tries 1 to 4 "
                                "configurations per round")
-        if ins.fedex_shared not in ("sample", "mode"):
-            raise MessageError(f"fedex_shared = {ins.fedex_shared!r}; allowed: sample, mode")
-        mode = ins.fedex_shared == "mode"
         gen = torch.Generator().manual_seed(derived_seed(ctx.seed, "fedex"))
-        drawn = [int(c) for c in torch.multinomial(
-            theta / theta.sum(), ins.fedex_samples - mode, replacement=True, generator=gen)]
-        # theta's mode is the sampling distribution's (mixing with uniform keeps the order)
-        self.choices = [int(theta.argmax()), *drawn] if mode else drawn
+        self.choices = [int(c) for c in torch.multinomial(
+            theta / theta.sum(), ins.fedex_samples, replacement=True, generator=gen)]
         c = self.configs[self.choices[0]]
         # the shared model trains every parameter at the first configuration's rate and
         # steps; the scope is which parameters a site fine-tunes for its own model
@@ -211,13 +201,10 @@ def exponentiated_step(theta: torch.Tensor, reports: list[tuple[int, float, floa
     return torch.softmax(logits, dim=0)
 
 
-def advantages(choices: list[int], losses: list[float], baseline: float, *,
-               mode_first: bool = False) -> list[tuple[int, float]]:
+def advantages(choices: list[int], losses: list[float], baseline: float,
+               ) -> list[tuple[int, float]]:
     """One site's ``(choice, loss - baseline)``: one sample against the global ``baseline``,
-    several each against the mean of the others (leave-one-out); with ``mode_first`` the
-    first is theta's mode, not a sample: the sampled ones each against it."""
-    if mode_first:
-        return [(c, loss - losses[0]) for c, loss in zip(choices[1:], losses[1:], strict=True)]
+    several each against the mean of the others (leave-one-out)."""
     k = len(choices)
     if k == 1:
         return [(choices[0], losses[0] - baseline)]
@@ -251,7 +238,7 @@ class FedExTuner:
     def node_config(self, state: FedExState) -> dict[str, float | str]:
         return {"fedex_grid": grid_text(self.configs), "fedex_metric": self.s.tune_metric,
                 "fedex_val_fraction": self.s.tune_val_fraction,
-                "fedex_samples": self.s.tune_samples, "fedex_shared": self.s.tune_shared}
+                "fedex_samples": self.s.tune_samples}
 
     def instruction_aux(self, state: FedExState) -> dict[str, torch.Tensor]:
         return {THETA: sampling(state.theta, self.s.tune_explore).float()}
@@ -290,8 +277,7 @@ class FedExTuner:
         mean = sum(v * losses[0] for *_, losses, v in pending) / sum(v for *_, v in pending)
         baseline = state.baseline if state.baseline_weight else mean
         reports = [(c, a, v) for _, choices, losses, v in pending
-                   for c, a in advantages(choices, losses, baseline,
-                                          mode_first=self.s.tune_shared == "mode")]
+                   for c, a in advantages(choices, losses, baseline)]
         state.rounds += 1
         state.theta = exponentiated_step(state.theta, reports, state.rounds,
                                          self.s.tune_explore)

@@ -66,10 +66,6 @@ class PersonalizationSection(BaseModel):
     # the others' baseline (the site's own data and round cancel out of the comparison)
     tune_samples: int = Field(2, ge=1, le=4)
     tune_explore: float = Field(0.2, ge=0, lt=1)  # the uniform share sites also sample from
-    # which configuration the shared update trains with: "sample" (FedEx as published: the
-    # first sampled one) or "mode" (theta's current mode; tune_samples - 1 sampled ones are
-    # fine-tuned for validation and compared with it)
-    tune_shared: Literal["sample", "mode"] = "sample"
 
 
 def personalization_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -107,9 +103,6 @@ def check_personalization(cfg: Any) -> None:
                                 or min(p.tune_lr) <= 0 or min(p.tune_steps) < 1):
         raise ValueError("personalization.method = \"fedex\" needs non-empty tune_lr (> 0), "
                          "tune_steps (>= 1) and tune_scope lists")
-    if p.method == "fedex" and p.tune_shared == "mode" and p.tune_samples < 2:
-        raise ValueError("personalization.tune_shared = \"mode\" compares sampled "
-                         "configurations with theta's mode: set tune_samples >= 2")
     if p.method == "fedex":
         from .fedex import grid, grid_text
 
