@@ -147,6 +147,9 @@ def test_held_out_sites_never_train_and_are_evaluated_after_adapting():
     assert held[0] not in res.node_accuracy_personalized
     curve = res.extra["personal"]["new_sites"]["mean_acc_after_steps"]
     assert set(curve) == {"0", "5"} and curve["5"] >= curve["0"]
+    per_site = res.extra["personal"]["new_sites"]["per_site_acc_after_steps"]
+    assert {k: list(v) for k, v in per_site.items()} == {"0": held, "5": held}
+    assert per_site["5"][held[0]] == pytest.approx(curve["5"])
 
 
 def test_personal_models_are_evaluated_every_n_rounds():

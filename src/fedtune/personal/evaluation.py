@@ -158,12 +158,14 @@ def adaptation(coord: Coordinator) -> dict[str, Any]:
     if not sites:
         return {}
     curve: dict[str, float] = {}
+    per_site: dict[str, dict[str, float]] = {}
     for steps in coord.cfg.personalization.adapt_steps:
         ins = eval_instruction(coord, coord.cfg.run.rounds, steps)
         config = ins.config
         personal = steps or "personal" in config or "prior_correction" in config
-        values = [r.result.metrics.get("accuracy_personalized" if personal else "accuracy",
-                                       math.nan)
-                  for r in coord.runtime.evaluate(sites, ins) if isinstance(r.result, EvalRes)]
-        curve[str(steps)] = fairness_summary(values).mean
-    return {"sites": sites, "mean_acc_after_steps": curve}
+        values = {r.result.node_id: r.result.metrics.get(
+            "accuracy_personalized" if personal else "accuracy", math.nan)
+            for r in coord.runtime.evaluate(sites, ins) if isinstance(r.result, EvalRes)}
+        curve[str(steps)] = fairness_summary(list(values.values())).mean
+        per_site[str(steps)] = dict(sorted(values.items()))
+    return {"sites": sites, "mean_acc_after_steps": curve, "per_site_acc_after_steps": per_site}
