@@ -39,7 +39,7 @@ compute; held-out sites within 1 point of trained ones after <= 5 steps.
 Keys: rows ``task``, ``method``, ``mean_acc``, ``bottom10_acc``, ``worst_acc``, ``bytes_up``,
 ``wall_s``; per task ``best_minus_local_pts``, ``best_minus_finetune_pts``,
 ``best_minus_finetune_bottom10_pts``, ``meta_minus_grid_pts``, ``meta_compute_fraction``,
-``new_site_gap_pts``.
+``new_site_gap_pts``; also ``new_site_paired_gap_pts``.
 Usage: python bench/personalization.py [--tasks mnist1d,digits-shift] [--minilm]
        (``--tasks "" --minilm``: the MiniLM preset alone)
 """
