@@ -116,6 +116,8 @@ def test_the_weight_bound_covers_every_honest_fit_on_any_subset_of_a_sites_rows(
                     rows, batch_size, steps, gen, torch.device("cpu")))
                 assert visited <= bound, (held, rows, plan)
     assert max_examples(LocalPlan(steps=50, batch_size=32), 121) == 50 * 33
+    assert max_examples(LocalPlan(steps=50, batch_size=1), 121) == 121, "batches of one"
+    assert max_examples(LocalPlan(steps=5, batch_size=32), 20) == 5 * 32, "one batch: no merge"
 
 
 def test_run_health_verdicts():

@@ -29,10 +29,11 @@ COMPLETE, DEGRADED, FAILED = "complete", "degraded", "failed"
 def max_examples(plan: LocalPlan, train_examples: int) -> int:
     """The most examples a node holding ``train_examples`` reports for one fit, on any subset
     of its rows (FedEx trains on its rows minus a validation part): the steps of ``plan``
-    times its batch size, plus one per step when it holds more than a batch (a last slice of
-    one example joins the batch before it: 97 rows in batches of 32 are 32, 32 and 33); a
-    custom ``train_fn`` reports its training set."""
-    per_step = plan.batch_size + (1 if train_examples > plan.batch_size else 0)
+    times its batch size, plus one per step when batches hold more than one example and it
+    holds more than a batch (a last slice of one example joins the batch before it: 97 rows
+    in batches of 32 are 32, 32 and 33); a custom ``train_fn`` reports its training set."""
+    merged = plan.batch_size > 1 and train_examples > plan.batch_size
+    per_step = plan.batch_size + (1 if merged else 0)
     return max(train_examples, plan.num_steps(train_examples) * per_step)
 
 
