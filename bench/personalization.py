@@ -176,12 +176,11 @@ def bench_task(task: str, emit: Any) -> None:
         gaps[method] = 100 * (result.extra["personal"]["mean_acc"] - curve[at])
         adapted = new_sites["per_site_acc_after_steps"][at]
         # the same sites' personal accuracy in the run where they trained
-        paired[method] = 100 * sum(site_acc[method][s] - a for s, a in adapted.items()) / len(
-            adapted)
+        same = sum(site_acc[method][s] for s in adapted) / len(adapted)
+        paired[method] = 100 * (same - sum(adapted.values()) / len(adapted))
         emit({"task": task, "method": f"{method}+holdout", "new_sites": curve,
               "trained_mean_acc": result.extra["personal"]["mean_acc"],
-              "same_sites_trained_acc": sum(site_acc[method][s] for s in adapted) / len(adapted),
-              "paired_gap_pts": paired[method]})
+              "same_sites_trained_acc": same, "paired_gap_pts": paired[method]})
     candidates = {k: v for k, v in rows.items() if k not in ("local", "fedavg")}
     best = max(candidates.values(), key=lambda r: r["mean_acc"])
     ft = rows["finetune"]
